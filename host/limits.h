@@ -1,0 +1,59 @@
+/* limits.h -- every bound of the host in one place, with its unit and reason.
+ * Each limit that an operator may change has an environment key, read by
+ * config.c with the min and max given here. */
+#ifndef NV_LIMITS_H
+#define NV_LIMITS_H
+
+/* HTTP server */
+#define NV_HTTP_HEADER_BYTES_DEFAULT (16 * 1024)   /* request line + headers; nginx uses 8-32 KB */
+#define NV_HTTP_HEADER_BYTES_MIN 1024
+#define NV_HTTP_HEADER_BYTES_MAX (1024 * 1024)
+#define NV_HTTP_HEADERS_MAX 100                    /* header lines in one request */
+#define NV_HTTP_BODY_BYTES_DEFAULT (1024 * 1024)   /* largest API request we accept */
+#define NV_HTTP_BODY_BYTES_MIN 0
+#define NV_HTTP_BODY_BYTES_MAX (64 * 1024 * 1024)
+#define NV_HTTP_CONNECTIONS_DEFAULT 10000          /* open connections per worker */
+#define NV_HTTP_CONNECTIONS_MIN 1
+#define NV_HTTP_CONNECTIONS_MAX 1000000
+#define NV_HTTP_READ_TIMEOUT_MS_DEFAULT 10000      /* a started request must arrive within this */
+#define NV_HTTP_READ_TIMEOUT_MS_MIN 10
+#define NV_HTTP_READ_TIMEOUT_MS_MAX 3600000
+#define NV_HTTP_KEEPALIVE_MS_DEFAULT 75000         /* idle keep-alive connection lifetime (nginx: 75 s) */
+#define NV_HTTP_KEEPALIVE_MS_MIN 10
+#define NV_HTTP_KEEPALIVE_MS_MAX 3600000
+#define NV_HTTP_HANDLER_MS_DEFAULT 15000           /* Heroku's router gives up at 30 s; answer 504 well before */
+#define NV_HTTP_HANDLER_MS_MIN 10
+#define NV_HTTP_HANDLER_MS_MAX 600000
+#define NV_HTTP_WRITE_BYTES_MAX (64 * 1024 * 1024) /* pending output per connection before we drop it */
+#define NV_HTTP_ACCEPT_BATCH_MAX 64                /* accepts per readable event, so one listener cannot starve others */
+#define NV_HTTP_PIPELINE_BATCH_MAX 64              /* pipelined requests served per read before yielding to the loop */
+
+/* Processes */
+#define NV_WORKERS_MAX 256                         /* WEB_CONCURRENCY upper bound */
+#define NV_SHUTDOWN_GRACE_MS 20000                 /* drain time after SIGTERM; Heroku kills at 30 s, we promise 25 s */
+#define NV_RESPAWN_BACKOFF_MS_MAX 5000             /* a worker that keeps crashing is restarted at most this slowly */
+
+/* Lua */
+#define NV_LUA_MEMORY_BYTES_DEFAULT (1024L * 1024 * 1024) /* per Lua state */
+#define NV_LUA_MEMORY_BYTES_MIN (16L * 1024 * 1024)
+#define NV_LUA_MEMORY_BYTES_MAX (64L * 1024 * 1024 * 1024)
+#define NV_LUA_COROUTINE_POOL_MAX 1024             /* idle coroutines kept for reuse per state */
+#define NV_LUA_GENERATIONS_MAX 8                   /* states alive at once in one worker (1 serving + draining) */
+
+/* Logs */
+#define NV_LOG_LINE_BYTES_MAX (16 * 1024)          /* longer messages are cut, marked "truncated" */
+#define NV_LOG_BUFFER_BYTES (256 * 1024)           /* flushed each loop turn, or when full */
+
+/* Metrics (shared memory between the workers of one server) */
+#define NV_METRICS_SERIES_MAX 1024                 /* distinct (route, status) pairs */
+#define NV_METRICS_ROUTE_BYTES_MAX 96              /* route label length */
+
+/* JSON */
+#define NV_JSON_DEPTH_DEFAULT 128                  /* nesting depth accepted by decode and encode */
+#define NV_JSON_DEPTH_MAX 1000
+#define NV_JSON_BYTES_DEFAULT (16 * 1024 * 1024)   /* largest document decode accepts */
+
+/* Timers */
+#define NV_TIMERS_MAX 100000                       /* live timers per state */
+
+#endif
