@@ -53,6 +53,9 @@
 #define NV_JSON_DEPTH_MAX 1000
 #define NV_JSON_BYTES_DEFAULT (16 * 1024 * 1024)   /* largest document decode accepts */
 
+/* Paths */
+#define NV_PATH_BYTES_MAX 4096                     /* root and service folders (PATH_MAX) */
+
 /* Timers */
 #define NV_TIMERS_MAX 100000                       /* live timers per state */
 

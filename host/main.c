@@ -1,0 +1,60 @@
+/* main.c -- the command line of bin/nuvion: serve, run, spec, version. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "runtime.h"
+#include "serve.h"
+
+#define NV_VERSION "0.1.0"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: nuvion serve <service | path/to/app>   serve HTTP on $PORT\n"
+            "       nuvion run <file.lua> [args...]         run a script on the event loop\n"
+            "       nuvion spec [busted options...]         run the busted specs in the host\n"
+            "       nuvion version\n");
+}
+
+/* run and spec: one Lua state, one main task; the exit status is the script's. */
+static int run_script(nv_mode mode, int argc, char **argv) {
+    nv_rt *rt = nv_rt_get();
+    if (nv_rt_init(mode, NULL, 0) != NV_OK) return 1;
+    rt->argc = argc;
+    rt->argv = argv;
+    if (nv_gen_spawn() != NV_OK) return rt->exit_code ? rt->exit_code : 1;
+    nv_rt_loop();
+    return rt->exit_code;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN); /* a peer that went away is an EPIPE, not a dead worker */
+    atexit(nv_log_flush);
+    nv_rt *rt = nv_rt_get();
+    char err[512];
+    if (nv_config_load(&rt->config, err, sizeof err) != NV_OK) {
+        fprintf(stderr, "nuvion: bad configuration: %s\n", err);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0 && argc == 3) return nv_serve(argv[2]);
+    if (strcmp(cmd, "run") == 0 && argc >= 3) return run_script(NV_MODE_RUN, argc - 2, argv + 2);
+    if (strcmp(cmd, "spec") == 0) return run_script(NV_MODE_SPEC, argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0) {
+        printf("nuvion %s\n", NV_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,8 @@
+-- card_issuing -- service entry: returns the router the host serves.
+local router = require "nuvion.router"
+local health = require "nuvion.health"
+
+local app = router.new()
+app:get("/health", health.handler("card_issuing"))
+
+return app
