@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "process.h"
 #include "runtime.h"
 
 void *nv_task_done_marker(void);
@@ -70,6 +71,8 @@ static int gen_setup_paths(lua_State *L, nv_rt *rt) {
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_nuvion_core);
     lua_setfield(L, -2, "nuvion.core");
+    lua_pushcfunction(L, luaopen_nuvion_process_c);
+    lua_setfield(L, -2, "nuvion.process_c");
     if (luaopen_nuvion_json != NULL) {
         lua_pushcfunction(L, luaopen_nuvion_json);
         lua_setfield(L, -2, "nuvion.json");

@@ -53,6 +53,7 @@ struct nv_conn {
     nv_buf in, out;
     size_t out_off;            /* bytes of out already written */
     nv_http_request_head head;
+    const char *head_base;     /* in.data when head was parsed: its pointers point there */
     nv_http_chunked chunked;
     nv_buf body;               /* decoded chunked body */
     const char *body_ptr;
@@ -485,6 +486,7 @@ static int conn_read_head(nv_conn *c) {
     nv_http_server *s = c->srv;
     int rc = nv_http_parse_head(c->in.data, c->in.len, (size_t)s->cfg->header_bytes_max, &c->head);
     if (rc == NV_AGAIN) return 0;
+    c->head_base = c->in.data;
     if (rc != NV_OK) {
         int status = nv_http_parse_status(rc);
         nv_rt_random_hex(c->request_id, 16);
@@ -531,6 +533,15 @@ static void conn_process(nv_conn *c) {
         }
         nv_assert(c->state == CONN_BODY);
         if (!conn_read_body(c)) return;
+        if (c->in.data != c->head_base) {
+            /* The buffer grew while the body arrived: point the head at its new
+             * place (the head bytes did not move within the buffer). */
+            int rc = nv_http_parse_head(c->in.data, c->head.head_bytes, c->head.head_bytes, &c->head);
+            nv_assert(rc == NV_OK);
+            NV_UNUSED(rc);
+            c->head_base = c->in.data;
+            if (!c->head.chunked) c->body_ptr = c->in.data + c->head.head_bytes;
+        }
         conn_dispatch(c);
     }
     /* Batch used up with requests still buffered: come back next turn. */

@@ -61,9 +61,45 @@ static int core_sleep(lua_State *L) {
     if (t->wait_ev == NULL) {
         t->wait_ev = event_new(nv_rt_get()->base, -1, 0, sleep_cb, t);
         if (t->wait_ev == NULL) return luaL_error(L, "sleep(): out of memory");
+    } else if (event_assign(t->wait_ev, nv_rt_get()->base, -1, 0, sleep_cb, t) != 0) {
+        return luaL_error(L, "sleep(): cannot arm timer");
     }
     struct timeval tv = ms_to_tv(ms);
+    /* The loop's cached time may be a turn old: a sleep must never end early. */
+    event_base_update_cache_time(nv_rt_get()->base);
     if (event_add(t->wait_ev, &tv) != 0) return luaL_error(L, "sleep(): cannot arm timer");
+    return nv_task_yield(L);
+}
+
+/* ---- waiting on a file descriptor ---- */
+
+static void fd_cb(evutil_socket_t fd, short what, void *arg) {
+    NV_UNUSED(fd);
+    nv_task *t = arg;
+    lua_pushboolean(t->co, (what & EV_TIMEOUT) == 0);
+    nv_task_wake(t, 1);
+}
+
+/* wait_fd(fd, "r" | "w", timeout_ms) -> true when ready, false on timeout.
+ * The building block of Lua-side sockets and pipes: the caller tries the
+ * non-blocking call first and waits here only on EAGAIN. */
+static int core_wait_fd(lua_State *L) {
+    int fd = (int)luaL_checkinteger(L, 1);
+    const char *mode = luaL_checkstring(L, 2);
+    int64_t ms = check_ms(L, 3, NV_SLEEP_MS_MAX);
+    short what = mode[0] == 'w' ? EV_WRITE : EV_READ;
+    nv_task *t = nv_task_of(L);
+    if (t == NULL) return luaL_error(L, "wait_fd() must be called from a task, not a nested coroutine");
+    if (fd < 0) return luaL_argerror(L, 1, "bad file descriptor");
+    struct event_base *base = nv_rt_get()->base;
+    if (t->wait_ev == NULL) {
+        t->wait_ev = event_new(base, fd, what, fd_cb, t);
+        if (t->wait_ev == NULL) return luaL_error(L, "wait_fd(): out of memory");
+    } else if (event_assign(t->wait_ev, base, fd, what, fd_cb, t) != 0) {
+        return luaL_error(L, "wait_fd(): cannot arm event");
+    }
+    struct timeval tv = ms_to_tv(ms);
+    if (event_add(t->wait_ev, &tv) != 0) return luaL_error(L, "wait_fd(): cannot arm event");
     return nv_task_yield(L);
 }
 
@@ -163,6 +199,7 @@ static int timer_start(lua_State *L, int repeat) {
     lua_rawseti(L, -2, tm->id);
     lua_pop(L, 1);
     struct timeval tv = ms_to_tv(ms);
+    event_base_update_cache_time(rt->base);
     event_add(tm->ev, &tv);
     if (!repeat) g->timers++;
     g->timers_live++;
@@ -271,6 +308,7 @@ int luaopen_nuvion_core(lua_State *L) {
         {"log", core_log},
         {"context", core_context},
         {"random_hex", core_random_hex},
+        {"wait_fd", core_wait_fd},
         {"req_headers", nv_http_lua_headers},
         {"req_body", nv_http_lua_body},
         {NULL, NULL},
