@@ -26,7 +26,10 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         g->mem_bytes -= osize;
         return NULL;
     }
-    if (nsize > osize && g->mem_bytes + (nsize - osize) > g->mem_bytes_max) return NULL;
+    if (nsize > osize) {
+        size_t cap = g->mem_bytes_max + (g->mem_enforced ? 0 : NV_LUA_MEMORY_HEADROOM_BYTES);
+        if (g->mem_bytes + (nsize - osize) > cap) return NULL;
+    }
     void *p = realloc(ptr, nsize);
     if (p == NULL) return NULL;
     g->mem_bytes = g->mem_bytes - osize + nsize;

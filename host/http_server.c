@@ -385,7 +385,6 @@ static void conn_dispatch(nv_conn *c) {
     nv_http_server *s = c->srv;
     c->seq++;
     c->responded = 0;
-    conn_set_ids(c);
     if (c->head.path_len == 8 && memcmp(c->head.path, "/metrics", 8) == 0 &&
         c->head.method_len == 3 && memcmp(c->head.method, "GET", 3) == 0) {
         nv_buf text = {0};
@@ -469,7 +468,8 @@ static int conn_read_body(nv_conn *c) {
         return 0;
     }
     if (rc != NV_OK && rc != NV_AGAIN) {
-        conn_error(c, 400, "invalid_request_error", "bad_request", "Malformed chunked body.", 1);
+        conn_error(c, 400, "invalid_request_error", "bad_request",
+                   c->chunked.error != NULL ? c->chunked.error : "malformed chunked body", 1);
         return 0;
     }
     /* Drop the raw chunks decoded so far; the head stays where its pointers point. */
@@ -499,11 +499,11 @@ static int conn_read_head(nv_conn *c) {
                    : status == 414 ? "uri_too_long"
                    : status == 501 ? "not_implemented"
                    : status == 505 ? "http_version_not_supported" : "bad_request",
-                   nv_http_parse_message(rc), 1);
+                   c->head.error != NULL ? c->head.error : nv_http_parse_message(rc), 1);
         return 0;
     }
+    conn_set_ids(c);
     if (c->head.content_length > s->cfg->body_bytes_max) {
-        conn_set_ids(c);
         conn_error(c, 413, "invalid_request_error", "request_too_large",
                    "The request body is larger than the server accepts.", 1);
         return 0;

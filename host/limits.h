@@ -37,6 +37,9 @@
 #define NV_LUA_MEMORY_BYTES_DEFAULT (1024L * 1024 * 1024) /* per Lua state */
 #define NV_LUA_MEMORY_BYTES_MIN (16L * 1024 * 1024)
 #define NV_LUA_MEMORY_BYTES_MAX (64L * 1024 * 1024 * 1024)
+#define NV_LUA_MEMORY_HEADROOM_BYTES (8L * 1024 * 1024) /* over the cap, for the host's own calls
+                                                          outside Lua code: a Lua OOM must never
+                                                          become a panic in C */
 #define NV_LUA_COROUTINE_POOL_MAX 1024             /* idle coroutines kept for reuse per state */
 #define NV_LUA_GENERATIONS_MAX 8                   /* states alive at once in one worker (1 serving + draining) */
 

@@ -39,6 +39,7 @@ struct nv_gen {
     int timers_live;      /* timers of any kind not yet freed, bounded by NV_TIMERS_MAX */
     size_t mem_bytes;     /* bytes allocated by this state */
     size_t mem_bytes_max; /* allocation beyond this fails with "not enough memory" */
+    int mem_enforced;     /* 1 while Lua code runs: the host's own pushes get headroom */
     int trampoline_ref;   /* registry: function run by every fresh coroutine */
     int entry_ref;        /* registry: function called per HTTP request (serve mode) */
     int timers_ref;       /* registry: table of live timers (so retiring cancels them) */

@@ -66,9 +66,17 @@ static void task_release(nv_task *t, int reusable) {
 static int task_resume(nv_task *t, int nargs) {
     nv_rt *rt = nv_rt_get();
     nv_task *prev = rt->current;
+    nv_gen *g = t->gen;
+    int enforced = g->mem_enforced;
     rt->current = t;
+    g->mem_enforced = 1; /* an allocation over the cap fails inside the task, as an error */
     int rc = lua_resume(t->co, nargs);
+    g->mem_enforced = enforced;
     rt->current = prev;
+    /* A task that ran the state close to its cap (or over it) leaves garbage
+     * the incremental collector would take a while to find: collect it now,
+     * so the next request does not fail for the last one's sins. */
+    if (g->mem_bytes > g->mem_bytes_max / 10 * 9) lua_gc(g->L, LUA_GCCOLLECT, 0);
 
     if (rc == LUA_YIELD) {
         int n = lua_gettop(t->co);

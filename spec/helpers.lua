@@ -216,7 +216,7 @@ function _M.parse_raw(text)
   local head = sub(text, 1, head_end - 1)
   local status = tonumber(head:match("^HTTP/1%.%d (%d%d%d)"))
   local headers = {}
-  for k, v in head:gmatch("\r\n([^:\r\n]+):%s*([^\r\n]*)") do headers[lower(k)] = v end
+  for k, v in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do headers[lower(k)] = v end
   local len = tonumber(headers["content-length"] or "")
   local body = len and sub(text, head_end + 4, head_end + 3 + len) or sub(text, head_end + 4)
   return { status = status, headers = headers, body = body, json = function() return json.decode(body) end }
