@@ -56,6 +56,7 @@ int nv_config_load(nv_config *c, char *err, size_t err_len) {
     NV_CONFIG_KEY(keepalive_ms, "NUVION_HTTP_KEEPALIVE_MS", NV_HTTP_KEEPALIVE_MS)
     NV_CONFIG_KEY(handler_timeout_ms, "NUVION_HTTP_HANDLER_TIMEOUT_MS", NV_HTTP_HANDLER_MS)
     NV_CONFIG_KEY(lua_memory_bytes, "NUVION_LUA_MEMORY_BYTES", NV_LUA_MEMORY_BYTES)
+    NV_CONFIG_KEY(shutdown_grace_ms, "NUVION_SHUTDOWN_GRACE_MS", NV_SHUTDOWN_GRACE_MS)
 #undef NV_CONFIG_KEY
 
     if (nv_config_int("NUVION_ACCESS_LOG", 1, 0, 1, &v, err, err_len) != NV_OK) return NV_ERR;

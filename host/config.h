@@ -15,6 +15,7 @@ typedef struct nv_config {
     int64_t keepalive_ms;       /* NUVION_HTTP_KEEPALIVE_MS */
     int64_t handler_timeout_ms; /* NUVION_HTTP_HANDLER_TIMEOUT_MS */
     int64_t lua_memory_bytes;   /* NUVION_LUA_MEMORY_BYTES */
+    int64_t shutdown_grace_ms;  /* NUVION_SHUTDOWN_GRACE_MS */
     int access_log;             /* NUVION_ACCESS_LOG: 1 (default) or 0 */
     int log_debug;              /* NUVION_LOG_LEVEL=debug */
 } nv_config;

@@ -30,7 +30,9 @@
 
 /* Processes */
 #define NV_WORKERS_MAX 256                         /* WEB_CONCURRENCY upper bound */
-#define NV_SHUTDOWN_GRACE_MS 20000                 /* drain time after SIGTERM; Heroku kills at 30 s, we promise 25 s */
+#define NV_SHUTDOWN_GRACE_MS_DEFAULT 20000         /* drain time after SIGTERM; Heroku kills at 30 s, we promise 25 s */
+#define NV_SHUTDOWN_GRACE_MS_MIN 0
+#define NV_SHUTDOWN_GRACE_MS_MAX 25000
 #define NV_RESPAWN_BACKOFF_MS_MAX 5000             /* a worker that keeps crashing is restarted at most this slowly */
 
 /* Lua */

@@ -80,7 +80,7 @@ static void worker_drain_tick(evutil_socket_t fd, short what, void *arg) {
     nv_metrics_worker(rt->metrics, rt->worker, nv_http_server_connections(rt->http),
                       nv_gen_memory_bytes());
     if (!rt->stopping) return;
-    if (*deadline_ms == 0) *deadline_ms = now_ms() + NV_SHUTDOWN_GRACE_MS;
+    if (*deadline_ms == 0) *deadline_ms = now_ms() + (uint64_t)rt->config.shutdown_grace_ms;
     if (nv_http_server_connections(rt->http) == 0) {
         nv_logf(NV_LOG_INFO, "drained, exiting");
         event_base_loopexit(rt->base, NULL);
