@@ -16,8 +16,11 @@ typedef struct nv_buf {
 /* Makes room for `extra` more bytes without growing past `max` bytes in all.
  * Returns NV_OK, or NV_ERR when the bound or memory would be exceeded. */
 static inline int nv_buf_reserve(nv_buf *b, size_t extra, size_t max) {
-    if (b->len + extra <= b->cap) return NV_OK;
-    if (extra > max || b->len > max - extra) return NV_ERR;
+    nv_assert(b->len <= b->cap);
+    /* The bound holds even when capacity is already there (a buffer reused
+     * with a smaller bound), and the sums below cannot overflow. */
+    if (b->len > max || extra > max - b->len) return NV_ERR;
+    if (extra <= b->cap - b->len) return NV_OK;
     size_t cap = b->cap ? b->cap : 1024;
     while (cap < b->len + extra) cap *= 2;
     if (cap > max) cap = max;

@@ -38,7 +38,8 @@ int nv_log_escape(nv_buf *b, const char *s, size_t len, size_t max) {
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
-            if (b->len == b->cap && nv_buf_reserve(b, 1, max) != NV_OK) return NV_ERR;
+            if ((b->len == b->cap || b->len >= max) && nv_buf_reserve(b, 1, max) != NV_OK)
+                return NV_ERR;
             b->data[b->len++] = (char)c;
             continue;
         }

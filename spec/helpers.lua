@@ -103,6 +103,13 @@ function Server:stop(timeout_ms)
   end
   -- give the reader task a moment to collect the last lines
   nuvion.sleep(20)
+  -- a sanitizer report from the server under test fails the spec that ran it
+  for _, line in ipairs(self.lines) do
+    if find(line, "ERROR: AddressSanitizer", 1, true) or find(line, "runtime error:", 1, true)
+       or find(line, "ERROR: LeakSanitizer", 1, true) then
+      error("sanitizer report from the server:\n" .. concat(self.lines, "\n"), 2)
+    end
+  end
   return how, code, nuvion.monotonic_ms() - t0
 end
 
