@@ -140,7 +140,7 @@ local function read_response(sock, method)
     if k then headers[lower(k)] = v end
   end
   if status == 100 then return read_response(sock, method) end
-  local body = ""
+  local body
   if method == "HEAD" or status == 204 or status == 304 then
     body = ""
   elseif headers["content-length"] then

@@ -83,7 +83,8 @@ describe("reload", function()
       nuvion.spawn(function()
         local c = helpers.client(srv.port)
         while not stop do
-          local res, err = c and c:request({ path = "/hello" })
+          local res, err
+          if c then res, err = c:request({ path = "/hello" }) end
           if res then
             statuses[res.status] = (statuses[res.status] or 0) + 1
             if res.headers["connection"] == "close" then c:close() c = helpers.client(srv.port) end
