@@ -1,6 +1,7 @@
 -- Malformed requests get a 4xx/5xx in the error shape and a closed
 -- connection; none of them disturbs the worker.
 local helpers = require "spec.helpers"
+local openapi = require "spec.openapi"
 
 describe("bad requests", function()
   local srv
@@ -39,6 +40,7 @@ describe("bad requests", function()
       assert.is_not_nil(res, "no response: " .. tostring(text))
       assert.equals(case[3], res.status)
       assert.equals("close", res.headers["connection"])
+      assert(openapi.check(res.json(), "Error"))
       local err = res.json().error
       assert.equals("invalid_request_error", err.type)
       assert.is_string(err.message)
