@@ -81,5 +81,40 @@ build/asan/test/%: host/test/%.c host/test/test.h $(LIBOBJ_ASAN)
 ctest: deps $(TESTS_REL)
 ctest-asan: deps $(TESTS_ASAN)
 
+# ---- test, lint, run, bench ---------------------------------------------------------------
+# `make test` builds the release and ASan hosts and both sets of C tests, then scripts/test.sh
+# runs every step (C tests, luacheck, specs, host specs under ASan, fuzz-smoke), each bounded
+# in time, and ends with the line "N passed, N failed".
+# `make run` starts the six services of Procfile.dev with foreman; foreman gives each
+# PORT = RUN_PORT + 100 * its position in the file (core 5000, acquiring 5100, ...).
+RUN_PORT ?= 5000
+LUA_DIRS := lua spec bench
+
+.PHONY: test lint run bench
+
+test: deps bin/nuvion bin/nuvion-asan $(TESTS_REL) $(TESTS_ASAN)
+	@scripts/test.sh
+
+lint: deps
+	luacheck $(LUA_DIRS)
+
+run: deps bin/nuvion
+	@echo "Nuvion: the six services (foreman, Procfile.dev), Ctrl-C stops them all"; i=0; \
+	for svc in $$(sed -n 's/^\([a-z_][a-z_]*\):.*/\1/p' Procfile.dev); do \
+	  printf '  %-16s -> http://127.0.0.1:%d  (GET /health)\n' $$svc $$(( $(RUN_PORT) + 100 * i )); \
+	  i=$$((i + 1)); \
+	done
+	exec foreman start -f Procfile.dev -d . -p $(RUN_PORT)
+
+# The HTTP bench writes its tables to bench/results/latest.txt; the JSON table is added to it.
+# The JSON bench runs even when the HTTP one failed (a reload run with errors); make fails then.
+bench: deps bin/nuvion
+	@set -o pipefail; status=0; bench/http/run.sh || status=$$?; \
+	if [ -f bench/json/run.lua ]; then \
+	  printf '\n== JSON: bin/nuvion run bench/json/run.lua\n' | tee -a bench/results/latest.txt; \
+	  bin/nuvion run bench/json/run.lua | tee -a bench/results/latest.txt || status=1; \
+	else echo "bench/json/run.lua is absent: JSON bench skipped"; fi; \
+	exit $$status
+
 clean:
 	rm -rf build bin
