@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# run.sh -- HTTP bench: nuvion against nginx + lua-nginx-module on the same route, measured by
+# the same wrk in the same run, then nuvion under load while its code is reloaded 20 times.
+#
+#   bench/http/run.sh            (make bench runs it; needs bin/nuvion, nginx-light,
+#                                 libnginx-mod-http-lua and wrk, which `make deps` installs)
+#
+# Everything listens on loopback ports found free at start; every run is bounded in time; what
+# the script starts it stops by pid (EXIT trap). The tables are printed and saved to
+# bench/results/latest.txt. Exit status 1 when a server failed to start or the reload run saw
+# errors.
+#
+# Environment: NUVION_BIN (default bin/nuvion), BENCH_DURATION_S (each measured run, default 10),
+# BENCH_RELOAD_S (the reload run, default 20), BENCH_RELOADS (SIGHUPs sent, one a second,
+# default 20).
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
+ROOT=$PWD
+
+BIN=${NUVION_BIN:-bin/nuvion}
+APP=bench/http/app
+TEMPLATE=bench/http/nginx.conf.template
+OUT=bench/results/latest.txt
+DURATION_S=${BENCH_DURATION_S:-10}
+WARMUP_S=2
+RELOAD_S=${BENCH_RELOAD_S:-20}
+RELOADS=${BENCH_RELOADS:-20}
+START_WAIT_S=10      # a server must answer within this
+STOP_WAIT_S=30       # then SIGKILL (nuvion drains for up to 20 s, nginx's TERM is immediate)
+BODY='{"ok":true}'   # what both servers answer, byte for byte
+
+# Load: at 1 worker, one core for the server and one for wrk (pinned, when there are two).
+# At 2 workers nothing is pinned: the servers' 2 workers and wrk's 2 threads share both cores.
+LOAD_1=(-t1 -c50)
+LOAD_2=(-t2 -c100)
+if [ "$(nproc)" -ge 2 ]; then
+    PIN_SERVER=(taskset -c 0)
+    PIN_WRK=(taskset -c 1)
+else
+    PIN_SERVER=()
+    PIN_WRK=()
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nuvion-bench.XXXXXX") || exit 2
+SERVER_PID=""
+FAILED=0
+
+say() { printf '%s\n' "$*" >&2; }
+
+# Stops a process we started: SIGTERM, then SIGKILL after STOP_WAIT_S.
+stop_pid() {
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < STOP_WAIT_S * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    stop_pid "$SERVER_PID"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'say "run.sh: interrupted"; exit 130' INT TERM
+
+# A loopback port nothing listens on (a refused connect says so).
+free_port() {
+    local port i
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Waits until GET /hello answers the expected body; fails if the server died or took too long.
+wait_ready() {
+    local port=$1 pid=$2 name=$3 body i
+    for ((i = 0; i < START_WAIT_S * 10; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            say "run.sh: $name exited during start"
+            return 1
+        fi
+        body=$(curl -s -m 1 "http://127.0.0.1:$port/hello" 2>/dev/null)
+        if [ "$body" = "$BODY" ]; then return 0; fi
+        sleep 0.1
+    done
+    say "run.sh: $name did not answer $BODY on :$port within ${START_WAIT_S} s (got: ${body:-nothing})"
+    return 1
+}
+
+# start_nuvion WORKERS PORT PIN... -- sets SERVER_PID.
+start_nuvion() {
+    local workers=$1 port=$2
+    shift 2
+    PORT=$port WEB_CONCURRENCY=$workers NUVION_ACCESS_LOG=0 \
+        "$@" "$BIN" serve "$APP" >"$WORK/nuvion-$workers.log" 2>&1 &
+    SERVER_PID=$!
+    if ! wait_ready "$port" "$SERVER_PID" "nuvion ($workers workers)"; then
+        tail -n 20 "$WORK/nuvion-$workers.log" >&2
+        return 1
+    fi
+}
+
+# start_nginx WORKERS PORT PIN... -- sets SERVER_PID (the master's).
+start_nginx() {
+    local workers=$1 port=$2 prefix
+    shift 2
+    prefix="$WORK/nginx-$workers"
+    mkdir -p "$prefix/logs"
+    sed -e "s|@PREFIX@|$prefix|g" -e "s|@PORT@|$port|g" -e "s|@WORKERS@|$workers|g" \
+        "$TEMPLATE" >"$prefix/nginx.conf"
+    "$@" nginx -p "$prefix" -c "$prefix/nginx.conf" >"$prefix/stdout.log" 2>&1 &
+    SERVER_PID=$!
+    if ! wait_ready "$port" "$SERVER_PID" "nginx ($workers workers)"; then
+        cat "$prefix/stdout.log" "$prefix/error.log" >&2 2>/dev/null
+        return 1
+    fi
+}
+
+# wrk_run OUTFILE DURATION_S ARGS... -- the measured run, bounded.
+wrk_run() {
+    local out=$1 secs=$2
+    shift 2
+    timeout -k 5 $((secs + 30)) "${PIN_WRK[@]}" wrk "$@" -d"${secs}s" --latency >"$out" 2>&1
+}
+
+# Latency as wrk prints it (812.00us, 1.23ms, 2.00s) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n = n * 60000;
+        else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n }'
+}
+
+# Reads a wrk report: RPS, P50_MS, P99_MS, REQUESTS, NON2XX, SOCKERR ("connect 0, read 0, ...").
+parse_wrk() {
+    local f=$1
+    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$f")
+    P50_MS=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$f")")
+    P99_MS=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$f")")
+    REQUESTS=$(awk '/ requests in / { print $1 }' "$f")
+    NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$f")
+    NON2XX=${NON2XX:-0}
+    SOCKERR=$(sed -n 's/^ *Socket errors: //p' "$f")
+    SOCKERR=${SOCKERR:-connect 0, read 0, write 0, timeout 0}
+    RPS=${RPS:-0}
+    REQUESTS=${REQUESTS:-0}
+}
+
+# measure SERVER WORKERS -- starts the server, warms it up, measures, stops it.
+# Sets ROW_<server>_<workers>_{rps,p50,p99} and NOTE_<...> for the table.
+measure() {
+    local server=$1 workers=$2 port load pin=() key
+    port=$(free_port) || { say "run.sh: no free port"; return 1; }
+    if [ "$workers" = 1 ]; then
+        load=("${LOAD_1[@]}")
+        pin=("${PIN_SERVER[@]}")
+    else
+        load=("${LOAD_2[@]}")
+    fi
+    say "measuring $server, $workers worker(s), wrk ${load[*]} -d${DURATION_S}s on :$port"
+    "start_$server" "$workers" "$port" "${pin[@]}" || return 1
+    wrk_run "$WORK/warmup.txt" "$WARMUP_S" "${load[@]}" "http://127.0.0.1:$port/hello"
+    wrk_run "$WORK/wrk-$server-$workers.txt" "$DURATION_S" "${load[@]}" "http://127.0.0.1:$port/hello"
+    stop_pid "$SERVER_PID"
+    SERVER_PID=""
+    parse_wrk "$WORK/wrk-$server-$workers.txt"
+    key="${server}_${workers}"
+    printf -v "RPS_$key" '%s' "$RPS"
+    printf -v "P50_$key" '%s' "$P50_MS"
+    printf -v "P99_$key" '%s' "$P99_MS"
+    if [ "$NON2XX" != 0 ] || [ "$SOCKERR" != "connect 0, read 0, write 0, timeout 0" ]; then
+        printf -v "NOTE_$key" 'non-2xx %s; socket errors: %s' "$NON2XX" "$SOCKERR"
+    else
+        printf -v "NOTE_$key" '%s' ""
+    fi
+}
+
+# The comparison table, with the goal and whether each worker count meets it.
+compare_table() {
+    local w ratio p99r met nv ng
+    printf '%-10s | %7s | %10s | %10s | %10s | %s\n' server workers req/s p50 p99 "ratio (nuvion/nginx)"
+    printf '%s\n' "-----------|---------|------------|------------|------------|---------------------"
+    for w in 1 2; do
+        nv="RPS_nuvion_$w"
+        ng="RPS_nginx_$w"
+        ratio=$(awk -v a="${!nv:-0}" -v b="${!ng:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')
+        for s in nuvion nginx; do
+            local r="RPS_${s}_$w" p50="P50_${s}_$w" p99="P99_${s}_$w" label=$s
+            [ "$s" = nginx ] && label="nginx+lua"
+            printf '%-10s | %7s | %10.0f | %7s ms | %7s ms | %s\n' "$label" "$w" "${!r:-0}" \
+                "${!p50:-n/a}" "${!p99:-n/a}" "$([ "$s" = nuvion ] && echo "$ratio" || echo "1.00x")"
+        done
+    done
+    echo
+    echo "goal: >= 1.2x nginx+lua req/s with p99 no worse"
+    for w in 1 2; do
+        local a="RPS_nuvion_$w" b="RPS_nginx_$w" pa="P99_nuvion_$w" pb="P99_nginx_$w"
+        met=$(awk -v a="${!a:-0}" -v b="${!b:-0}" -v pa="${!pa:-0}" -v pb="${!pb:-0}" 'BEGIN {
+            if (b <= 0) { print "n/a"; exit }
+            printf "%.2fx req/s, p99 %.3f vs %.3f ms: %s", a / b, pa, pb,
+                   (a >= 1.2 * b && pa <= pb) ? "met" : "not met" }')
+        echo "  $w worker(s): $met"
+    done
+    for w in 1 2; do
+        for s in nuvion nginx; do
+            local n="NOTE_${s}_$w"
+            [ -n "${!n:-}" ] && echo "  warning: $s, $w worker(s): ${!n}"
+        done
+    done
+    echo
+    echo "wrk ${LOAD_1[*]} -d${DURATION_S}s --latency at 1 worker$([ ${#PIN_SERVER[@]} -gt 0 ] &&
+        echo " (server pinned to CPU 0, wrk to CPU 1)"); wrk ${LOAD_2[*]} -d${DURATION_S}s --latency"
+    echo "at 2 workers (nothing pinned); ${WARMUP_S} s warm-up before each run; GET /hello on loopback,"
+    echo "body $BODY (11 bytes, Content-Length) from both; access logs off on both"
+    echo "(NUVION_ACCESS_LOG=0, nginx access_log off); nginx keepalive_requests unlimited, as nuvion."
+}
+
+# nuvion with 2 workers under wrk while the supervisor gets SIGHUP once a second.
+reload_run() {
+    local port pid sent=0 gens wrk_pid i
+    local PIN_WRK=() # the servers' 2 workers and wrk's 2 threads share both cores
+    port=$(free_port) || { say "run.sh: no free port"; return 1; }
+    say "reload run: nuvion, 2 workers, wrk ${LOAD_2[*]} -d${RELOAD_S}s, $RELOADS SIGHUPs"
+    start_nuvion 2 "$port" || return 1
+    pid=$SERVER_PID
+    wrk_run "$WORK/wrk-reload.txt" "$RELOAD_S" "${LOAD_2[@]}" "http://127.0.0.1:$port/hello" &
+    wrk_pid=$!
+    sleep 0.5
+    for ((i = 0; i < RELOADS; i++)); do
+        kill -0 "$wrk_pid" 2>/dev/null || break
+        kill -HUP "$pid" && sent=$((sent + 1))
+        sleep 1
+    done
+    wait "$wrk_pid"
+    sleep 0.5 # the last reload's "serving" lines
+    stop_pid "$SERVER_PID"
+    SERVER_PID=""
+    # Generation 1 is the one each worker boots with; every later one is a reload.
+    gens=$(grep -cE '"generation ([2-9]|[1-9][0-9]+) serving"' "$WORK/nuvion-2.log")
+    parse_wrk "$WORK/wrk-reload.txt"
+    local ok=0
+    [ "$NON2XX" = 0 ] && [ "$SOCKERR" = "connect 0, read 0, write 0, timeout 0" ] && ok=1
+    echo "reload under load: nuvion, 2 workers, wrk ${LOAD_2[*]} -d${RELOAD_S}s, SIGHUP to the supervisor once a second"
+    printf '  %-28s %s\n' "SIGHUPs sent:" "$sent"
+    printf '  %-28s %s (of %s expected: 2 workers x %s)\n' "new generations serving:" "$gens" \
+        $((2 * sent)) "$sent"
+    printf '  %-28s %s\n' "total requests:" "$REQUESTS"
+    printf '  %-28s %s\n' "req/s:" "$RPS"
+    printf '  %-28s %s ms / %s ms\n' "p50 / p99:" "$P50_MS" "$P99_MS"
+    printf '  %-28s %s\n' "non-2xx/3xx responses:" "$NON2XX"
+    printf '  %-28s %s\n' "socket errors:" "$SOCKERR"
+    if [ "$ok" = 1 ]; then
+        echo "  result: PASS (no failed request, no socket error)"
+    else
+        echo "  result: FAIL (a request failed or a socket erred during reloads)"
+        FAILED=1
+    fi
+}
+
+# --- main ----------------------------------------------------------------------------------------
+
+for tool in wrk nginx curl taskset timeout; do
+    command -v "$tool" >/dev/null || { say "run.sh: $tool is missing (make deps installs it)"; exit 2; }
+done
+[ -x "$BIN" ] || { say "run.sh: $BIN is missing (make builds it)"; exit 2; }
+
+{
+    echo "== HTTP: bench/http/run.sh, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1),"\
+         "load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "peers: $("$BIN" version), $(nginx -v 2>&1 | sed 's/^nginx version: //') + lua-nginx-module" \
+         "$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null), $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+    # Both servers share the machine with whatever else runs: a busy start makes noisy figures.
+    awk '$1 > 0.5 { printf "warning: the machine was busy at start (load %s): figures are noisy\n", $1 }' /proc/loadavg
+} >"$WORK/head.txt"
+
+for w in 1 2; do
+    measure nuvion "$w" || FAILED=1
+    measure nginx "$w" || FAILED=1
+done
+compare_table >"$WORK/compare.txt"
+reload_run >"$WORK/reload.txt" || FAILED=1
+
+mkdir -p "$(dirname "$OUT")"
+{
+    cat "$WORK/head.txt"
+    echo
+    cat "$WORK/compare.txt"
+    echo
+    cat "$WORK/reload.txt"
+} | tee "$OUT"
+exit "$FAILED"
