@@ -419,8 +419,6 @@ static void conn_dispatch(nv_conn *c) {
     else lua_pushnil(co);
     lua_pushlightuserdata(co, c);
     lua_pushnumber(co, (lua_Number)c->seq);
-    lua_pushstring(co, c->request_id);
-    lua_pushstring(co, c->trace_id);
     c->state = CONN_HANDLING;
     c->task_active = 1;
     c->in_dispatch = 1;
@@ -833,6 +831,14 @@ int nv_http_lua_headers(lua_State *L) {
         lua_rawset(L, -3);
     }
     return 1;
+}
+
+/* request_id, trace_id: read on first use, most handlers never ask. */
+int nv_http_lua_ids(lua_State *L) {
+    nv_conn *c = lua_conn(L);
+    lua_pushstring(L, c->request_id);
+    lua_pushstring(L, c->trace_id);
+    return 2;
 }
 
 int nv_http_lua_body(lua_State *L) {

@@ -22,5 +22,6 @@ void nv_http_server_free(nv_http_server *s);
 /* Lua functions for the request object (registered into nuvion.core). */
 int nv_http_lua_headers(lua_State *L);
 int nv_http_lua_body(lua_State *L);
+int nv_http_lua_ids(lua_State *L);
 
 #endif

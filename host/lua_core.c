@@ -311,6 +311,7 @@ int luaopen_nuvion_core(lua_State *L) {
         {"wait_fd", core_wait_fd},
         {"req_headers", nv_http_lua_headers},
         {"req_body", nv_http_lua_body},
+        {"req_ids", nv_http_lua_ids},
         {NULL, NULL},
     };
     lua_createtable(L, 0, (int)NV_ARRAY_LEN(fns));

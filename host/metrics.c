@@ -1,8 +1,10 @@
-/* metrics.c -- counters in shared memory: workers add with atomics, any
- * worker renders /metrics for the whole server. */
+/* metrics.c -- counters in shared memory: each worker writes its own table
+ * (one writer, no cache line bouncing between cores), any worker renders
+ * /metrics for the whole server by merging the tables. */
 #include "metrics.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -17,6 +19,7 @@ static const uint64_t bucket_us[] = {500,    1000,   2500,    5000,    10000,   
 
 typedef struct series {
     uint32_t used;    /* 0: free; set last, after route and status, with release order */
+    uint32_t hash;
     uint32_t status;
     uint32_t route_len;
     char route[NV_METRICS_ROUTE_BYTES_MAX];
@@ -25,20 +28,32 @@ typedef struct series {
     uint64_t buckets[NV_METRICS_BUCKETS]; /* non-cumulative; render sums them */
 } series;
 
+typedef struct table {
+    int64_t connections;
+    int64_t lua_bytes;
+    series s[NV_METRICS_SERIES_MAX];
+} table;
+
+/* The handle is private memory (each worker has its copy after fork, with its
+ * own `self`); the tables are one shared mapping. Table 0 belongs to the
+ * supervisor and to `run`, table w to worker w. */
 struct nv_metrics {
     int workers;
-    int lock; /* guards claiming a free series; increments need no lock */
-    struct {
-        int64_t connections;
-        int64_t lua_bytes;
-    } worker[NV_WORKERS_MAX + 1];
-    series s[NV_METRICS_SERIES_MAX];
+    int self;  /* the table this process writes: set after fork by nv_metrics_worker */
+    table *t;  /* workers + 1 tables, MAP_SHARED */
 };
 
 nv_metrics *nv_metrics_create(int workers) {
-    nv_metrics *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return NULL;
-    memset(m, 0, sizeof *m);
+    nv_assert(workers >= 1 && workers <= NV_WORKERS_MAX);
+    nv_metrics *m = calloc(1, sizeof *m);
+    if (m == NULL) return NULL;
+    size_t size = (size_t)(workers + 1) * sizeof(table);
+    m->t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m->t == MAP_FAILED) {
+        free(m);
+        return NULL;
+    }
+    memset(m->t, 0, size);
     m->workers = workers;
     return m;
 }
@@ -49,26 +64,23 @@ static uint32_t hash(const char *p, size_t n, int status) {
     return h;
 }
 
-static series *find(nv_metrics *m, const char *route, size_t len, int status) {
+/* Finds the series of (route, status) in t; claims a free slot when create is
+ * set (only the table's own writer creates). */
+static series *find(table *t, const char *route, size_t len, int status, int create) {
     uint32_t h = hash(route, len, status);
     for (uint32_t probe = 0; probe < NV_METRICS_SERIES_MAX; probe++) {
-        series *s = &m->s[(h + probe) % NV_METRICS_SERIES_MAX];
-        if (__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) {
-            if (s->status == (uint32_t)status && s->route_len == len && memcmp(s->route, route, len) == 0)
-                return s;
-            continue;
-        }
-        /* Claim it under the lock: another worker may be claiming the same slot. */
-        while (__atomic_exchange_n(&m->lock, 1, __ATOMIC_ACQUIRE)) {
-        }
-        if (!s->used) {
+        series *s = &t->s[(h + probe) % NV_METRICS_SERIES_MAX];
+        if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) {
+            if (!create) return NULL;
+            s->hash = h;
             s->status = (uint32_t)status;
             s->route_len = (uint32_t)len;
             memcpy(s->route, route, len);
-            __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&s->used, 1, __ATOMIC_RELEASE); /* readers see it whole */
+            return s;
         }
-        __atomic_store_n(&m->lock, 0, __ATOMIC_RELEASE);
-        if (s->status == (uint32_t)status && s->route_len == len && memcmp(s->route, route, len) == 0)
+        if (s->hash == h && s->status == (uint32_t)status && s->route_len == len &&
+            memcmp(s->route, route, len) == 0)
             return s;
     }
     return NULL;
@@ -78,20 +90,24 @@ void nv_metrics_request(nv_metrics *m, const char *route, size_t route_len, int 
                         uint64_t duration_us) {
     if (m == NULL) return;
     if (route_len >= NV_METRICS_ROUTE_BYTES_MAX) route = "other", route_len = 5;
-    series *s = find(m, route, route_len, status);
-    if (s == NULL) s = find(m, "other", 5, status);
+    table *t = &m->t[m->self];
+    series *s = find(t, route, route_len, status, 1);
+    if (s == NULL) s = find(t, "other", 5, status, 1);
     if (s == NULL) return; /* table full even for "other": counted nowhere, never a crash */
     size_t b = 0;
     while (b < NV_METRICS_BUCKETS && duration_us > bucket_us[b]) b++;
-    __atomic_fetch_add(&s->count, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&s->sum_us, duration_us, __ATOMIC_RELAXED);
-    if (b < NV_METRICS_BUCKETS) __atomic_fetch_add(&s->buckets[b], 1, __ATOMIC_RELAXED);
+    /* One writer per table: plain adds published with relaxed stores (a reader
+     * may see a request in count before its bucket, never a torn value). */
+    __atomic_store_n(&s->count, s->count + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->sum_us, s->sum_us + duration_us, __ATOMIC_RELAXED);
+    if (b < NV_METRICS_BUCKETS) __atomic_store_n(&s->buckets[b], s->buckets[b] + 1, __ATOMIC_RELAXED);
 }
 
 void nv_metrics_worker(nv_metrics *m, int worker, int64_t connections, size_t lua_bytes) {
-    if (m == NULL || worker < 0 || worker > NV_WORKERS_MAX) return;
-    __atomic_store_n(&m->worker[worker].connections, connections, __ATOMIC_RELAXED);
-    __atomic_store_n(&m->worker[worker].lua_bytes, (int64_t)lua_bytes, __ATOMIC_RELAXED);
+    if (m == NULL || worker < 0 || worker > m->workers) return;
+    m->self = worker; /* this process's private copy of the header, after fork */
+    __atomic_store_n(&m->t[worker].connections, connections, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->t[worker].lua_bytes, (int64_t)lua_bytes, __ATOMIC_RELAXED);
 }
 
 static int put(nv_buf *out, size_t max, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -106,49 +122,77 @@ static int put(nv_buf *out, size_t max, const char *fmt, ...) {
     return nv_buf_append(out, line, (size_t)n, max);
 }
 
+/* The sums of one (route, status) over every table; first is the table where
+ * it was met first, so each series is rendered once. */
+typedef struct merged {
+    uint64_t count, sum_us, buckets[NV_METRICS_BUCKETS];
+} merged;
+
+static int seen_before(nv_metrics *m, int upto, const series *s) {
+    for (int w = 0; w < upto; w++)
+        if (find(&m->t[w], s->route, s->route_len, (int)s->status, 0) != NULL) return 1;
+    return 0;
+}
+
+static void merge(nv_metrics *m, const series *s, merged *out) {
+    memset(out, 0, sizeof *out);
+    for (int w = 0; w <= m->workers; w++) {
+        series *x = find(&m->t[w], s->route, s->route_len, (int)s->status, 0);
+        if (x == NULL) continue;
+        out->count += __atomic_load_n(&x->count, __ATOMIC_RELAXED);
+        out->sum_us += __atomic_load_n(&x->sum_us, __ATOMIC_RELAXED);
+        for (size_t b = 0; b < NV_METRICS_BUCKETS; b++)
+            out->buckets[b] += __atomic_load_n(&x->buckets[b], __ATOMIC_RELAXED);
+    }
+}
+
 int nv_metrics_render(nv_metrics *m, const char *service, nv_buf *out, size_t max) {
     int rc = NV_OK;
+    merged v;
     rc |= put(out, max, "# HELP nuvion_http_requests_total HTTP requests answered.\n"
                         "# TYPE nuvion_http_requests_total counter\n");
-    for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
-        series *s = &m->s[i];
-        if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
-        rc |= put(out, max, "nuvion_http_requests_total{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
-                  service, (int)s->route_len, s->route, s->status,
-                  (unsigned long long)__atomic_load_n(&s->count, __ATOMIC_RELAXED));
+    for (int w = 0; w <= m->workers; w++) {
+        for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
+            series *s = &m->t[w].s[i];
+            if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE) || seen_before(m, w, s)) continue;
+            merge(m, s, &v);
+            rc |= put(out, max, "nuvion_http_requests_total{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
+                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count);
+        }
     }
     rc |= put(out, max, "# HELP nuvion_http_request_duration_seconds Time from a complete request to its response.\n"
                         "# TYPE nuvion_http_request_duration_seconds histogram\n");
-    for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
-        series *s = &m->s[i];
-        if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE)) continue;
-        uint64_t cum = 0;
-        for (size_t b = 0; b < NV_METRICS_BUCKETS; b++) {
-            cum += __atomic_load_n(&s->buckets[b], __ATOMIC_RELAXED);
+    for (int w = 0; w <= m->workers; w++) {
+        for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
+            series *s = &m->t[w].s[i];
+            if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE) || seen_before(m, w, s)) continue;
+            merge(m, s, &v);
+            uint64_t cum = 0;
+            for (size_t b = 0; b < NV_METRICS_BUCKETS; b++) {
+                cum += v.buckets[b];
+                rc |= put(out, max,
+                          "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"%g\"} %llu\n",
+                          service, (int)s->route_len, s->route, s->status, (double)bucket_us[b] / 1e6,
+                          (unsigned long long)cum);
+            }
             rc |= put(out, max,
-                      "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"%g\"} %llu\n",
-                      service, (int)s->route_len, s->route, s->status, (double)bucket_us[b] / 1e6,
-                      (unsigned long long)cum);
+                      "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"+Inf\"} %llu\n"
+                      "nuvion_http_request_duration_seconds_sum{service=\"%s\",route=\"%.*s\",status=\"%u\"} %.6f\n"
+                      "nuvion_http_request_duration_seconds_count{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
+                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count,
+                      service, (int)s->route_len, s->route, s->status, (double)v.sum_us / 1e6,
+                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count);
         }
-        uint64_t count = __atomic_load_n(&s->count, __ATOMIC_RELAXED);
-        rc |= put(out, max,
-                  "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"+Inf\"} %llu\n"
-                  "nuvion_http_request_duration_seconds_sum{service=\"%s\",route=\"%.*s\",status=\"%u\"} %.6f\n"
-                  "nuvion_http_request_duration_seconds_count{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
-                  service, (int)s->route_len, s->route, s->status, (unsigned long long)count,
-                  service, (int)s->route_len, s->route, s->status,
-                  (double)__atomic_load_n(&s->sum_us, __ATOMIC_RELAXED) / 1e6,
-                  service, (int)s->route_len, s->route, s->status, (unsigned long long)count);
     }
     rc |= put(out, max, "# HELP nuvion_http_open_connections Open client connections per worker.\n"
                         "# TYPE nuvion_http_open_connections gauge\n");
     for (int w = 1; w <= m->workers; w++)
         rc |= put(out, max, "nuvion_http_open_connections{service=\"%s\",worker=\"%d\"} %lld\n", service,
-                  w, (long long)__atomic_load_n(&m->worker[w].connections, __ATOMIC_RELAXED));
+                  w, (long long)__atomic_load_n(&m->t[w].connections, __ATOMIC_RELAXED));
     rc |= put(out, max, "# HELP nuvion_lua_memory_bytes Bytes held by the Lua states of each worker.\n"
                         "# TYPE nuvion_lua_memory_bytes gauge\n");
     for (int w = 1; w <= m->workers; w++)
         rc |= put(out, max, "nuvion_lua_memory_bytes{service=\"%s\",worker=\"%d\"} %lld\n", service, w,
-                  (long long)__atomic_load_n(&m->worker[w].lua_bytes, __ATOMIC_RELAXED));
+                  (long long)__atomic_load_n(&m->t[w].lua_bytes, __ATOMIC_RELAXED));
     return rc == NV_OK ? NV_OK : NV_ERR;
 }

@@ -1,18 +1,20 @@
 -- request.lua -- the request object handed to route handlers.
 --
---   req.method, req.path, req.params (route parameters), req.id (request id),
---   req.trace_id, req.query (raw query string or nil)
+--   req.method, req.path, req.params (route parameters), req.query (raw query
+--   string or nil), req.id (request id), req.trace_id
 --   req.args     query parameters, decoded (a repeated key gives a list)
 --   req.headers  header names in lower case (repeated headers joined by ", ")
 --   req.body     the raw body (a string, "" when none)
 --   req:json()   the body decoded as JSON, or nil and an error outcome (400)
--- args, headers and body are read from the host on first use only.
+-- id, trace_id, args, headers and body are read from the host on first use
+-- only, and only by the request's own task (read them before handing the
+-- request to another task).
 local core = require "nuvion.core"
 local json = require "nuvion.json"
 
 local setmetatable, rawset, type, tonumber = setmetatable, rawset, type, tonumber
 local gsub, char, find, sub = string.gsub, string.char, string.find, string.sub
-local req_headers, req_body = core.req_headers, core.req_body
+local req_headers, req_body, req_ids = core.req_headers, core.req_body, core.req_ids
 
 local ERR_INVALID_JSON = "The request body is not valid JSON: "
 local ERR_NOT_OBJECT = "The request body must be a JSON object."
@@ -51,7 +53,19 @@ function _M.parse_query(q)
   return args
 end
 
+local function load_ids(req)
+  local id, trace_id = req_ids(req._h, req._seq)
+  rawset(req, "trace_id", trace_id)
+  return id
+end
+
 local lazy = {
+  id = load_ids,
+  trace_id = function(req)
+    local id = load_ids(req)
+    rawset(req, "id", id)
+    return req.trace_id
+  end,
   headers = function(req) return req_headers(req._h, req._seq) end,
   body = function(req) return req_body(req._h, req._seq) end,
   args = function(req) return _M.parse_query(req.query) end,
@@ -68,11 +82,8 @@ mt.__index = function(req, key)
   return _M[key]
 end
 
-function _M.new(method, path, query, handle, seq, request_id, trace_id)
-  return setmetatable({
-    method = method, path = path, query = query, id = request_id, trace_id = trace_id,
-    _h = handle, _seq = seq,
-  }, mt)
+function _M.new(method, path, query, handle, seq)
+  return setmetatable({ method = method, path = path, query = query, _h = handle, _seq = seq }, mt)
 end
 
 -- The body as JSON. Returns the value, or nil and a 400 outcome for the handler

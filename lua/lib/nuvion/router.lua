@@ -22,6 +22,11 @@ end
 
 local METHODS = { "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
 
+-- The params of a route without parameters: shared, so read-only.
+local NO_PARAMS = setmetatable({}, { __newindex = function()
+  error("req.params of a route without parameters is read-only", 2)
+end })
+
 local _M = {}
 local Router = {}
 Router.__index = Router
@@ -136,7 +141,7 @@ function Router:dispatch(req)
              message = "Method " .. method .. " is not allowed on " .. route.pattern .. "." },
            nil, { Allow = allowed(route) }, route.pattern
   end
-  req.params = params or {}
+  req.params = params or NO_PARAMS
   local status, body, headers = handler(req)
   return status, body, headers, route.pattern
 end

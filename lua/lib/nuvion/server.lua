@@ -25,11 +25,11 @@ local function error_body(outcome, request_id)
 end
 _M.error_body = error_body
 
-local function respond(app, method, path, query, handle, seq, request_id, trace_id)
-  local req = new_request(method, path, query, handle, seq, request_id, trace_id)
+local function respond(app, method, path, query, handle, seq)
+  local req = new_request(method, path, query, handle, seq)
   local status, body, headers, route = app:dispatch(req)
   if type(status) == "table" then -- an outcome
-    return status.status, error_body(status, request_id), JSON, route, headers
+    return status.status, error_body(status, req.id), JSON, route, headers
   end
   local tb = type(body)
   if tb == "table" then
@@ -37,7 +37,7 @@ local function respond(app, method, path, query, handle, seq, request_id, trace_
     if not encoded then
       require("nuvion.log").error("response not encodable", { error = err, route = route })
       return 500, error_body({ status = 500, code = "internal_error", message = ERR_ENCODE },
-                             request_id), JSON, route
+                             req.id), JSON, route
     end
     return status, encoded, JSON, route, headers
   elseif tb == "string" then
@@ -56,8 +56,8 @@ function _M.boot(service_dir, name)
   if type(app) ~= "table" or type(app.dispatch) ~= "function" then
     error("service " .. name .. ": init.lua must return a router (nuvion.router.new())", 0)
   end
-  return function(method, path, query, handle, seq, request_id, trace_id)
-    return respond(app, method, path, query, handle, seq, request_id, trace_id)
+  return function(method, path, query, handle, seq)
+    return respond(app, method, path, query, handle, seq)
   end
 end
 
