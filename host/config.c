@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "limits.h"
+#include "nv_limits.h"
 #include "nv.h"
 
 int nv_config_int(const char *key, int64_t def, int64_t min, int64_t max, int64_t *out,

@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "nv.h"
-#include "limits.h" /* NV_HTTP_HEADERS_MAX, NV_HTTP_HEADER_BYTES_MAX */
+#include "nv_limits.h" /* NV_HTTP_HEADERS_MAX, NV_HTTP_HEADER_BYTES_MAX */
 
 /* Every length below is a uint32_t: the largest head we may be asked to parse must fit. */
 _Static_assert(NV_HTTP_HEADER_BYTES_MAX <= UINT32_MAX, "head lengths are uint32_t");

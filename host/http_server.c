@@ -21,7 +21,7 @@
 
 #include "buf.h"
 #include "http_parser.h"
-#include "limits.h"
+#include "nv_limits.h"
 #include "log.h"
 #include "lua_core.h"
 #include "runtime.h"
@@ -47,7 +47,7 @@ struct nv_conn {
     nv_http_server *srv;
     int fd;
     conn_state state;
-    struct event *rev;         /* EV_READ|EV_PERSIST with the tick as timeout */
+    struct event *rev;         /* EV_READ|EV_PERSIST; timeouts are checked by the server's sweep */
     struct event *wev;         /* added while output waits for the socket */
     struct event *deadline_ev; /* handler deadline, armed when a task waits */
     nv_buf in, out;
@@ -83,7 +83,7 @@ struct nv_http_server {
     int worker;
     int conns;
     nv_conn *list;
-    const struct timeval *tick_tv; /* libevent common timeout: O(1) re-arming */
+    struct event *sweep_ev;    /* every tick: checks the timeouts of every connection */
     size_t in_max;
     int draining;
     time_t date_sec;
@@ -152,12 +152,6 @@ static char *fmt_u64(char *end, uint64_t v) {
     return end;
 }
 
-static int append_u64(nv_buf *b, uint64_t v) {
-    char tmp[24];
-    char *p = fmt_u64(tmp + sizeof tmp, v);
-    return nv_buf_append(b, p, (size_t)(tmp + sizeof tmp - p), NV_HTTP_WRITE_BYTES_MAX);
-}
-
 /* Appends one header line from Lua (name, value), refusing CR/LF injection. */
 static int append_lua_header(nv_conn *c, const char *k, size_t kl, const char *v, size_t vl) {
     for (size_t i = 0; i < kl; i++)
@@ -193,35 +187,61 @@ static void access_log(nv_conn *c, int status, const char *route, size_t route_l
     nv_buf_free(&extra);
 }
 
-/* Writes one whole response into the output buffer. headers_idx > 0 names a
- * Lua table of extra headers on L. */
+/* Response head bytes besides the content type, the request id and extra
+ * headers: status line, Date, the header names and CRLFs (checked below). */
+#define NV_HTTP_HEAD_FIXED_BYTES 256
+
+static inline char *put(char *p, const char *s, size_t n) {
+    memcpy(p, s, n);
+    return p + n;
+}
+#define PUT_LIT(p, s) put((p), (s), sizeof(s) - 1)
+
+/* Writes one whole response into the output buffer: one reservation, then
+ * plain copies. headers_idx > 0 names a Lua table of extra headers on L. */
 static void conn_respond(nv_conn *c, int status, const char *ctype, size_t ctype_len,
                          const char *body, size_t body_len, lua_State *L, int headers_idx,
                          const char *route, size_t route_len) {
     nv_assert(!c->responded);
     c->responded = 1;
     if (!c->head.keep_alive || c->srv->draining) c->close_after_write = 1;
-    size_t start = c->out.len;
     int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
     int head_method = c->head.method_len == 4 && memcmp(c->head.method, "HEAD", 4) == 0;
-    int rc = OUT_LIT(c, "HTTP/1.1 ");
-    rc |= append_u64(&c->out, (uint64_t)status);
-    rc |= OUT_LIT(c, " ");
-    const char *text = status_text(status);
-    rc |= nv_buf_append(&c->out, text, strlen(text), NV_HTTP_WRITE_BYTES_MAX);
-    rc |= OUT_LIT(c, "\r\nDate: ");
-    rc |= nv_buf_append(&c->out, http_date(c->srv), 29, NV_HTTP_WRITE_BYTES_MAX);
-    if (!no_body) {
-        rc |= OUT_LIT(c, "\r\nContent-Type: ");
-        rc |= nv_buf_append(&c->out, ctype, ctype_len, NV_HTTP_WRITE_BYTES_MAX);
-        rc |= OUT_LIT(c, "\r\nContent-Length: ");
-        rc |= append_u64(&c->out, body_len);
+    size_t id_len = strlen(c->request_id);
+    size_t send_len = no_body || head_method ? 0 : body_len;
+    if (nv_buf_reserve(&c->out, NV_HTTP_HEAD_FIXED_BYTES + ctype_len + id_len + send_len,
+                       NV_HTTP_WRITE_BYTES_MAX) != NV_OK) {
+        c->close_after_write = 1; /* larger than the output bound: the client gets a closed connection */
+        nv_logf(NV_LOG_ERROR, "response of %zu bytes exceeds the output limit", body_len);
+        access_log(c, status, route, route_len, body_len);
+        return;
     }
-    rc |= OUT_LIT(c, "\r\nX-Request-ID: ");
-    rc |= nv_buf_append(&c->out, c->request_id, strlen(c->request_id), NV_HTTP_WRITE_BYTES_MAX);
-    rc |= OUT_LIT(c, "\r\n");
-    if (c->close_after_write) rc |= OUT_LIT(c, "Connection: close\r\n");
-    else if (c->head.version_minor == 0) rc |= OUT_LIT(c, "Connection: keep-alive\r\n");
+    size_t start_len = c->out.len; /* an offset: appends below may move the buffer */
+    char *start = c->out.data + start_len, *p = start;
+    const char *text = status_text(status);
+    char num[24];
+    char *n = fmt_u64(num + sizeof num, (uint64_t)status);
+    p = PUT_LIT(p, "HTTP/1.1 ");
+    p = put(p, n, (size_t)(num + sizeof num - n));
+    *p++ = ' ';
+    p = put(p, text, strlen(text));
+    p = PUT_LIT(p, "\r\nDate: ");
+    p = put(p, http_date(c->srv), 29);
+    if (!no_body) {
+        p = PUT_LIT(p, "\r\nContent-Type: ");
+        p = put(p, ctype, ctype_len);
+        p = PUT_LIT(p, "\r\nContent-Length: ");
+        n = fmt_u64(num + sizeof num, body_len);
+        p = put(p, n, (size_t)(num + sizeof num - n));
+    }
+    p = PUT_LIT(p, "\r\nX-Request-ID: ");
+    p = put(p, c->request_id, id_len);
+    p = PUT_LIT(p, "\r\n");
+    if (c->close_after_write) p = PUT_LIT(p, "Connection: close\r\n");
+    else if (c->head.version_minor == 0) p = PUT_LIT(p, "Connection: keep-alive\r\n");
+    c->out.len += (size_t)(p - start);
+    nv_assert(c->out.len <= c->out.cap);
+    int rc = NV_OK;
     if (L != NULL && headers_idx > 0 && lua_type(L, headers_idx) == LUA_TTABLE) {
         lua_pushnil(L);
         while (lua_next(L, headers_idx) != 0) {
@@ -234,9 +254,9 @@ static void conn_respond(nv_conn *c, int status, const char *ctype, size_t ctype
         }
     }
     rc |= OUT_LIT(c, "\r\n");
-    if (!no_body && !head_method) rc |= nv_buf_append(&c->out, body, body_len, NV_HTTP_WRITE_BYTES_MAX);
+    if (send_len > 0) rc |= nv_buf_append(&c->out, body, send_len, NV_HTTP_WRITE_BYTES_MAX);
     if (rc != NV_OK) {
-        c->out.len = start; /* larger than the output bound: the client gets a closed connection */
+        c->out.len = start_len;
         c->close_after_write = 1;
         nv_logf(NV_LOG_ERROR, "response of %zu bytes exceeds the output limit", body_len);
     }
@@ -362,7 +382,7 @@ static void conn_task_finish(nv_task *t) {
     if (c->in_dispatch) return; /* conn_process goes on with the next request */
     /* The answer came after a wait: read and serve again. */
     if (!c->close_after_write && !c->reading) {
-        event_add(c->rev, c->srv->tick_tv);
+        event_add(c->rev, NULL);
         c->reading = 1;
     }
     conn_process(c);
@@ -570,7 +590,7 @@ static void conn_linger(nv_conn *c) {
     c->state = CONN_LINGER;
     c->linger_until_us = nv_rt_now_us() + NV_HTTP_LINGER_MS * 1000;
     if (!c->reading) {
-        event_add(c->rev, c->srv->tick_tv);
+        event_add(c->rev, NULL);
         c->reading = 1;
     }
 }
@@ -600,7 +620,7 @@ static void conn_flush(nv_conn *c) {
         return;
     }
     if (!c->reading && c->state != CONN_HANDLING) {
-        event_add(c->rev, c->srv->tick_tv);
+        event_add(c->rev, NULL);
         c->reading = 1;
         if (c->in.len > 0) event_active(c->rev, EV_READ, 0);
     }
@@ -631,13 +651,26 @@ static void conn_timeouts(nv_conn *c, uint64_t now) {
     }
 }
 
+/* One timer per server instead of one per connection: a persistent read
+ * event with a timeout is re-armed by libevent on every read, which costs more
+ * than walking every connection a few times a second. Bounded by the
+ * connection limit. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
+    NV_UNUSED(fd), NV_UNUSED(what);
+    nv_http_server *s = arg;
+    uint64_t now = nv_rt_now_us();
+    nv_conn *c = s->list;
+    while (c != NULL) {
+        nv_conn *next = c->next; /* conn_timeouts may free c */
+        conn_timeouts(c, now);
+        c = next;
+    }
+}
+
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg) {
+    NV_UNUSED(what);
     nv_conn *c = arg;
     uint64_t now = nv_rt_now_us();
-    if (what & EV_TIMEOUT) {
-        conn_timeouts(c, now);
-        return;
-    }
     if (c->state == CONN_LINGER) {
         char sink[4096];
         ssize_t r = read(fd, sink, sizeof sink);
@@ -715,7 +748,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg) {
         c->fd = fd;
         c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
         c->wev = event_new(s->base, fd, EV_WRITE, conn_write_cb, c);
-        if (c->rev == NULL || c->wev == NULL || event_add(c->rev, s->tick_tv) != 0) {
+        if (c->rev == NULL || c->wev == NULL || event_add(c->rev, NULL) != 0) {
             if (c->rev) event_free(c->rev);
             if (c->wev) event_free(c->wev);
             free(c);
@@ -747,10 +780,12 @@ nv_http_server *nv_http_server_new(struct event_base *base, int listen_fd, const
     if (tick > NV_HTTP_LINGER_MS / 2) tick = NV_HTTP_LINGER_MS / 2;
     if (tick < NV_HTTP_TICK_MS_MIN) tick = NV_HTTP_TICK_MS_MIN;
     struct timeval tv = {tick / 1000, (tick % 1000) * 1000};
-    s->tick_tv = event_base_init_common_timeout(base, &tv);
+    s->sweep_ev = event_new(base, -1, EV_PERSIST, sweep_cb, s);
     s->accept_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, accept_cb, s);
-    if (s->tick_tv == NULL || s->accept_ev == NULL || event_add(s->accept_ev, NULL) != 0) {
+    if (s->sweep_ev == NULL || s->accept_ev == NULL || event_add(s->accept_ev, NULL) != 0 ||
+        event_add(s->sweep_ev, &tv) != 0) {
         if (s->accept_ev) event_free(s->accept_ev);
+        if (s->sweep_ev) event_free(s->sweep_ev);
         free(s);
         return NULL;
     }
@@ -783,6 +818,7 @@ void nv_http_server_free(nv_http_server *s) {
         conn_free(c);
     }
     event_free(s->accept_ev);
+    event_free(s->sweep_ev);
     if (s->fd >= 0) close(s->fd);
     free(s);
 }

@@ -11,7 +11,7 @@
 #include <lauxlib.h>
 #include <yajl/yajl_parse.h>
 
-#include "limits.h"
+#include "nv_limits.h"
 #include "nv.h"
 
 /* Bounds of this module that no operator tunes (those are in limits.h). */

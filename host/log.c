@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "limits.h"
+#include "nv_limits.h"
 #include "nv.h"
 
 /* Per-process log state: this is part of the per-worker runtime. */

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "http_server.h"
-#include "limits.h"
+#include "nv_limits.h"
 #include "log.h"
 
 #define NV_SLEEP_MS_MAX (24LL * 3600 * 1000) /* a day: longer waits belong in a queue */

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "limits.h"
+#include "nv_limits.h"
 #include "log.h"
 #include "nv.h"
 

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "limits.h"
+#include "nv_limits.h"
 #include "nv.h"
 
 typedef struct nv_gen nv_gen;
@@ -40,6 +40,8 @@ struct nv_gen {
     size_t mem_bytes;     /* bytes allocated by this state */
     size_t mem_bytes_max; /* allocation beyond this fails with "not enough memory" */
     int mem_enforced;     /* 1 while Lua code runs: the host's own pushes get headroom */
+    lua_Alloc inner_alloc; /* LuaJIT's own allocator, which gen_alloc wraps */
+    void *inner_ud;
     int trampoline_ref;   /* registry: function run by every fresh coroutine */
     int entry_ref;        /* registry: function called per HTTP request (serve mode) */
     int timers_ref;       /* registry: table of live timers (so retiring cancels them) */

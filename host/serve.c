@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "http_server.h"
-#include "limits.h"
+#include "nv_limits.h"
 #include "log.h"
 #include "lua_core.h"
 #include "metrics.h"

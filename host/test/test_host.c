@@ -5,7 +5,7 @@
 
 #include "buf.h"
 #include "config.h"
-#include "limits.h"
+#include "nv_limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "test.h"

@@ -1,4 +1,4 @@
-/* limits.h -- every bound of the host in one place, with its unit and reason.
+/* nv_limits.h -- every bound of the host in one place, with its unit and reason.
  * Each limit that an operator may change has an environment key, read by
  * config.c with the min and max given here. */
 #ifndef NV_LIMITS_H
