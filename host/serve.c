@@ -212,6 +212,10 @@ int nv_serve(const char *service) {
 
     int stopping = 0;
     uint64_t kill_at_ms = 0;
+    /* NUVION_EXIT_WITH_PARENT=1 (set by the spec helper): a server whose
+     * starter died (a test run cut by a timeout) stops instead of lingering. */
+    const char *watch = getenv("NUVION_EXIT_WITH_PARENT");
+    pid_t parent = watch != NULL && strcmp(watch, "1") == 0 ? getppid() : 0;
     for (;;) {
         struct timespec wait = {0, 100 * 1000 * 1000};
         siginfo_t info;
@@ -223,6 +227,13 @@ int nv_serve(const char *service) {
             stopping = 1;
             kill_at_ms = now_ms() + NV_SUPERVISOR_KILL_MS;
             nv_logf(NV_LOG_INFO, "SIGTERM: stopping %d workers", live_workers(slots, n));
+            signal_workers(slots, n, SIGTERM);
+        }
+        if (parent != 0 && getppid() != parent && !stopping) {
+            stopping = 1;
+            kill_at_ms = now_ms() + NV_SUPERVISOR_KILL_MS;
+            nv_logf(NV_LOG_WARN, "parent %d exited: stopping %d workers", (int)parent,
+                    live_workers(slots, n));
             signal_workers(slots, n, SIGTERM);
         }
         reap(slots, n, stopping);

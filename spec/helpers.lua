@@ -27,7 +27,8 @@ Server.__index = Server
 -- serves. The server's output is collected in server.lines.
 function _M.start_server(opts)
   opts = opts or {}
-  local env = { PORT = "0", WEB_CONCURRENCY = tostring(opts.workers or 1), NUVION_ROOT = _M.root }
+  local env = { PORT = "0", WEB_CONCURRENCY = tostring(opts.workers or 1), NUVION_ROOT = _M.root,
+                NUVION_EXIT_WITH_PARENT = "1" }
   for k, v in pairs(opts.env or {}) do env[k] = v end
   local target = opts.service or opts.app or (_M.apps .. "/basic")
   local proc = assert(process.spawn({ _M.bin, "serve", target }, { env = env, output = "pipe" }))

@@ -50,3 +50,34 @@ describe("shutdown", function()
     p:close()
   end)
 end)
+
+describe("a server started with NUVION_EXIT_WITH_PARENT=1", function()
+  it("stops when the process that started it dies", function()
+    local process = require "nuvion.process"
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write([[
+      local helpers = dofile((require "nuvion").context().root .. "/spec/helpers.lua")
+      local srv = helpers.start_server()
+      print(srv.proc.pid)
+      io.stdout:flush()
+      os.exit(0)
+    ]])
+    f:close()
+    local starter = assert(process.spawn({ helpers.bin, "run", path }, { output = "pipe" }))
+    local pid = tonumber(starter:line(10000))
+    starter:wait(10000)
+    starter:close()
+    os.remove(path)
+    assert.is_number(pid)
+    local deadline = nuvion.monotonic_ms() + 10000
+    local alive = true
+    while alive and nuvion.monotonic_ms() < deadline do
+      local stat = io.open("/proc/" .. pid .. "/stat")
+      alive = stat ~= nil and not stat:read("*a"):match("^%d+ %b() Z")
+      if stat then stat:close() end
+      if alive then nuvion.sleep(50) end
+    end
+    assert.is_false(alive)
+  end)
+end)
