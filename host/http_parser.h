@@ -13,9 +13,6 @@ _Static_assert(NV_HTTP_HEADER_BYTES_MAX <= UINT32_MAX, "head lengths are uint32_
 
 /* Bounds of the chunked decoder. They live here rather than in limits.h because no operator
  * setting changes them; each one stops a body that grows the work without growing the data. */
-#define NV_HTTP_CHUNK_SIZE_DIGITS_MAX 16          /* hex digits of a chunk-size: 64 bits, so no overflow */
-#define NV_HTTP_CHUNK_EXT_BYTES_MAX (16 * 1024)   /* chunk-extension bytes summed over one body */
-#define NV_HTTP_CHUNK_TRAILER_BYTES_MAX (16 * 1024) /* trailer section of one body, as a head's default */
 
 typedef struct nv_http_header {
     const char *name;  uint32_t name_len;
