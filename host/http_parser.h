@@ -11,9 +11,6 @@
 /* Every length below is a uint32_t: the largest head we may be asked to parse must fit. */
 _Static_assert(NV_HTTP_HEADER_BYTES_MAX <= UINT32_MAX, "head lengths are uint32_t");
 
-/* Bounds of the chunked decoder. They live here rather than in limits.h because no operator
- * setting changes them; each one stops a body that grows the work without growing the data. */
-
 typedef struct nv_http_header {
     const char *name;  uint32_t name_len;
     const char *value; uint32_t value_len;   /* leading/trailing spaces and tabs trimmed */

@@ -26,6 +26,8 @@
 #define NV_HTTP_HANDLER_MS_MAX 600000
 #define NV_HTTP_WRITE_BYTES_MAX (64 * 1024 * 1024) /* pending output per connection before we drop it */
 #define NV_HTTP_ACCEPT_BATCH_MAX 64                /* accepts per readable event, so one listener cannot starve others */
+/* Chunked bodies: no setting changes these; each stops a body that grows the
+ * work without growing the data. */
 #define NV_HTTP_CHUNK_SIZE_DIGITS_MAX 16          /* hex digits of a chunk-size: 64 bits, so no overflow */
 #define NV_HTTP_CHUNK_EXT_BYTES_MAX (16 * 1024)   /* chunk-extension bytes summed over one body */
 #define NV_HTTP_CHUNK_TRAILER_BYTES_MAX (16 * 1024) /* trailer section of one body, as a head's default */
