@@ -10,9 +10,13 @@
 # bench/results/latest.txt. Exit status 1 when a server failed to start or the reload run saw
 # errors.
 #
+# Each server and worker count is measured BENCH_ROUNDS times, the rounds interleaved (nuvion,
+# nginx, nuvion, nginx, ...), and the best round by req/s is reported: on a shared machine the
+# least disturbed round is the closest to the servers' own cost; every round's req/s is printed.
+#
 # Environment: NUVION_BIN (default bin/nuvion), BENCH_DURATION_S (each measured run, default 10),
-# BENCH_RELOAD_S (the reload run, default 20), BENCH_RELOADS (SIGHUPs sent, one a second,
-# default 20).
+# BENCH_ROUNDS (default 3), BENCH_RELOAD_S (the reload run, default 20), BENCH_RELOADS (SIGHUPs
+# sent, one a second, default 20).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
@@ -23,6 +27,7 @@ APP=bench/http/app
 TEMPLATE=bench/http/nginx.conf.template
 OUT=bench/results/latest.txt
 DURATION_S=${BENCH_DURATION_S:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP_S=2
 RELOAD_S=${BENCH_RELOAD_S:-20}
 RELOADS=${BENCH_RELOADS:-20}
@@ -158,10 +163,11 @@ parse_wrk() {
     REQUESTS=${REQUESTS:-0}
 }
 
-# measure SERVER WORKERS -- starts the server, warms it up, measures, stops it.
-# Sets ROW_<server>_<workers>_{rps,p50,p99} and NOTE_<...> for the table.
+# measure SERVER WORKERS ROUND -- starts the server, warms it up, measures, stops it. Keeps
+# the round with the most req/s in RPS_/P50_/P99_/NOTE_<server>_<workers>, and every round's
+# req/s in ALL_<server>_<workers>.
 measure() {
-    local server=$1 workers=$2 port load pin=() key
+    local server=$1 workers=$2 round=$3 port load pin=() key best
     port=$(free_port) || { say "run.sh: no free port"; return 1; }
     if [ "$workers" = 1 ]; then
         load=("${LOAD_1[@]}")
@@ -169,22 +175,37 @@ measure() {
     else
         load=("${LOAD_2[@]}")
     fi
-    say "measuring $server, $workers worker(s), wrk ${load[*]} -d${DURATION_S}s on :$port"
+    say "round $round/$ROUNDS: $server, $workers worker(s), wrk ${load[*]} -d${DURATION_S}s on :$port"
     "start_$server" "$workers" "$port" "${pin[@]}" || return 1
     wrk_run "$WORK/warmup.txt" "$WARMUP_S" "${load[@]}" "http://127.0.0.1:$port/hello"
-    wrk_run "$WORK/wrk-$server-$workers.txt" "$DURATION_S" "${load[@]}" "http://127.0.0.1:$port/hello"
+    wrk_run "$WORK/wrk.txt" "$DURATION_S" "${load[@]}" "http://127.0.0.1:$port/hello"
     stop_pid "$SERVER_PID"
     SERVER_PID=""
-    parse_wrk "$WORK/wrk-$server-$workers.txt"
+    parse_wrk "$WORK/wrk.txt"
     key="${server}_${workers}"
-    printf -v "RPS_$key" '%s' "$RPS"
-    printf -v "P50_$key" '%s' "$P50_MS"
-    printf -v "P99_$key" '%s' "$P99_MS"
-    if [ "$NON2XX" != 0 ] || [ "$SOCKERR" != "connect 0, read 0, write 0, timeout 0" ]; then
-        printf -v "NOTE_$key" 'non-2xx %s; socket errors: %s' "$NON2XX" "$SOCKERR"
-    else
-        printf -v "NOTE_$key" '%s' ""
+    best="RPS_$key"
+    printf -v "ALL_$key" '%s' "$(eval echo "\${ALL_$key:-}") $(printf '%.0f' "$RPS")"
+    if awk -v a="$RPS" -v b="${!best:-0}" 'BEGIN { exit !(a > b) }'; then
+        printf -v "RPS_$key" '%s' "$RPS"
+        printf -v "P50_$key" '%s' "$P50_MS"
+        printf -v "P99_$key" '%s' "$P99_MS"
     fi
+    if [ "$NON2XX" != 0 ] || [ "$SOCKERR" != "connect 0, read 0, write 0, timeout 0" ]; then
+        printf -v "NOTE_$key" '%s' "$(eval echo "\${NOTE_$key:-}")round $round: non-2xx $NON2XX, socket errors $SOCKERR; "
+    fi
+}
+
+# Percentage of CPU time the whole machine spent busy over one second (before we start).
+cpu_busy_pct() {
+    local a b
+    a=($(sed -n 's/^cpu  //p' /proc/stat))
+    sleep 1
+    b=($(sed -n 's/^cpu  //p' /proc/stat))
+    awk -v a="${a[*]}" -v b="${b[*]}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); total = 0
+        for (i = 1; i <= n; i++) total += y[i] - x[i]
+        idle = (y[4] - x[4]) + (y[5] - x[5])
+        printf "%.0f", (total > 0 ? 100 * (total - idle) / total : 0) }'
 }
 
 # The comparison table, with the goal and whether each worker count meets it.
@@ -220,11 +241,20 @@ compare_table() {
         done
     done
     echo
+    echo "req/s of every round (the best is in the table):"
+    for w in 1 2; do
+        for s in nuvion nginx; do
+            local all="ALL_${s}_$w"
+            printf '  %-10s %s worker(s):%s\n' "$s" "$w" "${!all:-}"
+        done
+    done
+    echo
     echo "wrk ${LOAD_1[*]} -d${DURATION_S}s --latency at 1 worker$([ ${#PIN_SERVER[@]} -gt 0 ] &&
-        echo " (server pinned to CPU 0, wrk to CPU 1)"); wrk ${LOAD_2[*]} -d${DURATION_S}s --latency"
-    echo "at 2 workers (nothing pinned); ${WARMUP_S} s warm-up before each run; GET /hello on loopback,"
-    echo "body $BODY (11 bytes, Content-Length) from both; access logs off on both"
-    echo "(NUVION_ACCESS_LOG=0, nginx access_log off); nginx keepalive_requests unlimited, as nuvion."
+        echo " (server pinned to CPU 0, wrk to CPU 1)"),"
+    echo "wrk ${LOAD_2[*]} -d${DURATION_S}s --latency at 2 workers (nothing pinned); ${WARMUP_S} s warm-up before"
+    echo "each run; best of $ROUNDS interleaved rounds. GET /hello on loopback, body $BODY (11 bytes,"
+    echo "Content-Length) from both. Access logs off on both (NUVION_ACCESS_LOG=0, nginx access_log off);"
+    echo "nginx keepalive_requests unlimited, as nuvion."
 }
 
 # nuvion with 2 workers under wrk while the supervisor gets SIGHUP once a second.
@@ -278,17 +308,20 @@ done
 
 {
     echo "== HTTP: bench/http/run.sh, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1),"\
-         "load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
     echo "peers: $("$BIN" version), $(nginx -v 2>&1 | sed 's/^nginx version: //') + lua-nginx-module" \
          "$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null), $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
-    # Both servers share the machine with whatever else runs: a busy start makes noisy figures.
-    awk '$1 > 0.5 { printf "warning: the machine was busy at start (load %s): figures are noisy\n", $1 }' /proc/loadavg
+    # Both servers share the machine with whatever else runs: a busy machine makes noisy figures.
+    busy=$(cpu_busy_pct)
+    echo "cpu busy in the second before the start: ${busy}%"
+    [ "$busy" -gt 10 ] && echo "warning: the machine was busy before the start: figures are noisy"
 } >"$WORK/head.txt"
 
-for w in 1 2; do
-    measure nuvion "$w" || FAILED=1
-    measure nginx "$w" || FAILED=1
+for ((round = 1; round <= ROUNDS; round++)); do
+    for w in 1 2; do
+        measure nuvion "$w" "$round" || FAILED=1
+        measure nginx "$w" "$round" || FAILED=1
+    done
 done
 compare_table >"$WORK/compare.txt"
 reload_run >"$WORK/reload.txt" || FAILED=1
