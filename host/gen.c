@@ -65,6 +65,12 @@ static const char trampoline_src[] =
     "end\n"
     "return loop\n";
 
+/* run and spec: os.exit flushes Lua's stdout first (busted ends with it; a
+ * sanitizer's exit-time report must not swallow the summary line). */
+static const char flush_exit_src[] =
+    "local exit, stdout, stderr = os.exit, io.stdout, io.stderr\n"
+    "os.exit = function(...) stdout:flush() stderr:flush() return exit(...) end\n";
+
 /* Blocking process APIs would freeze every request of the worker. */
 static const char sandbox_src[] =
     "local function refused(name) return function() error(name .. ' blocks the event loop"
@@ -134,6 +140,8 @@ static int gen_setup(nv_gen *g, nv_rt *rt, char *err, size_t err_len) {
     lua_setglobal(L, "require");
     if (rt->mode == NV_MODE_SERVE && gen_dostring(L, sandbox_src, "=sandbox", 0, 0) != NV_OK)
         goto lua_err;
+    if (rt->mode != NV_MODE_SERVE && gen_dostring(L, flush_exit_src, "=exit", 0, 0) != NV_OK)
+        goto lua_err;
     return NV_OK;
 lua_err:
     snprintf(err, err_len, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "state set-up failed");
@@ -194,6 +202,7 @@ static void gen_boot_result(nv_task *t, int ok, int nres) {
 static void gen_boot_finish(nv_task *t) {
     nv_rt *rt = nv_rt_get();
     nv_gen *g = t->gen;
+    nv_task_dispose(t);
     free(t);
     if (g->state == NV_GEN_RETIRING && g->tasks == 0 && g->timers == 0) nv_gen_schedule_gc();
     if (rt->mode != NV_MODE_SERVE) event_base_loopexit(rt->base, NULL);

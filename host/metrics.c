@@ -58,6 +58,12 @@ nv_metrics *nv_metrics_create(int workers) {
     return m;
 }
 
+void nv_metrics_free(nv_metrics *m) {
+    if (m == NULL) return;
+    munmap(m->t, (size_t)(m->workers + 1) * sizeof(table));
+    free(m);
+}
+
 static uint32_t hash(const char *p, size_t n, int status) {
     uint32_t h = 2166136261u ^ (uint32_t)status;
     for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;

@@ -12,6 +12,8 @@ typedef struct nv_metrics nv_metrics;
 
 /* Maps a region shared with the workers forked later (MAP_SHARED). */
 nv_metrics *nv_metrics_create(int workers);
+/* Unmaps the tables and frees the handle (each process frees its own copy). */
+void nv_metrics_free(nv_metrics *m);
 /* One answered request. Routes beyond NV_METRICS_SERIES_MAX are counted under
  * route="other" so a scan of random paths cannot grow memory. */
 void nv_metrics_request(nv_metrics *m, const char *route, size_t route_len, int status,

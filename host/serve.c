@@ -136,7 +136,8 @@ static pid_t spawn_worker(const char *service, int index, worker_slot *slots, in
     for (int i = 0; i < n; i++)
         if (i != index - 1) close(slots[i].fd);
     int rc = worker_main(service, index, slots[index - 1].fd, metrics);
-    _exit(rc);
+    nv_metrics_free(metrics);
+    exit(rc); /* not _exit: flushes, and lets LeakSanitizer check the worker too */
 }
 
 /* ---- supervisor ---- */
@@ -256,5 +257,7 @@ int nv_serve(const char *service) {
     }
     nv_logf(NV_LOG_INFO, "stopped");
     nv_log_flush();
+    for (int i = 0; i < n; i++) close(slots[i].fd);
+    nv_metrics_free(metrics);
     return 0;
 }

@@ -177,34 +177,20 @@ step_specs() {
 }
 
 # The host tier again under ASan+UBSan: the spec runner and every server or script the specs
-# start (spec/helpers.lua spawns $NUVION_BIN) are the sanitized build.
-#
-# Leaks: detect_leaks=0 for the spec runner only. Its Lua state is still open when it exits
-# (`spec` and `run` end the process without lua_close), and LuaJIT keeps its objects in its own
-# mmap'd arena, which LeakSanitizer does not scan: every C allocation a Lua object owns (LuaJIT's
-# own blocks, lyaml's parser in spec/openapi.lua, nuvion.json's encode buffer) is reported at
-# exit as a leak, and the abort loses busted's buffered summary too. The servers and scripts the
-# specs start keep detect_leaks=1 (NUVION_BIN is a wrapper that sets it): a worker closes its
-# Lua states as it drains, so a leak there is the host's, and spec/helpers.lua fails the spec on
-# a sanitizer report. The runner can go back to detect_leaks=1 once the host closes its state at
-# the end of `spec` and `run`.
+# start (spec/helpers.lua spawns $NUVION_BIN, which inherits these options) are the sanitized
+# build, with leak checking on everywhere: `run` and `spec` close their Lua state before they
+# exit and workers close theirs as they drain, so a leak reported is the host's. A sanitizer
+# report in a server's output fails the spec that started it (spec/helpers.lua).
 step_specs_asan() {
-    local name="busted spec/02-host (bin/nuvion-asan)" wrapper="$WORK/nuvion-asan"
+    local name="busted spec/02-host (bin/nuvion-asan)"
     if [ ! -d spec/02-host ]; then
         header "$name"
         echo "test.sh: spec/02-host does not exist: skipped"
         report+=("$(printf '%-44s %s' "$name" "skipped (no spec/02-host)")")
         return
     fi
-    printf '%s\n' '#!/bin/sh' \
-        '# bin/nuvion-asan with leak checking on, for the servers and scripts specs start.' \
-        "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \\" \
-        "    exec '$ROOT/bin/nuvion-asan' \"\$@\"" \
-        >"$wrapper"
-    chmod +x "$wrapper"
     busted_step "$name" "$WORK/spec-asan.log" \
-        env "${ASAN_ENV[@]}" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-        NUVION_BIN="$wrapper" bin/nuvion-asan spec spec/02-host
+        env "${ASAN_ENV[@]}" NUVION_BIN="$ROOT/bin/nuvion-asan" bin/nuvion-asan spec spec/02-host
 }
 
 # `make fuzz-smoke` prints "fuzz <name>: ..." as each target starts and "FAIL fuzz <name>: ..."

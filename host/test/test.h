@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Line-buffered, so a test binary that aborts (a sanitizer report) keeps the
+ * verdicts printed before it. */
+__attribute__((constructor)) static void nv_test_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+
 static int nv_test_passed;
 static int nv_test_failed;
 static const char *nv_test_current = "";

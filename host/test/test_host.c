@@ -102,6 +102,7 @@ static void metrics_count_by_route_and_status(void) {
     CHECK_INT_EQ(count_of(out.data, "nuvion_http_open_connections{service=\"core\",worker=\"2\"} "), 7);
     CHECK_INT_EQ(count_of(out.data, "nuvion_lua_memory_bytes{service=\"core\",worker=\"2\"} "), 4096);
     nv_buf_free(&out);
+    nv_metrics_free(m);
 }
 
 static void metrics_table_is_bounded(void) {
@@ -119,6 +120,7 @@ static void metrics_table_is_bounded(void) {
     char longroute[NV_METRICS_ROUTE_BYTES_MAX + 10];
     memset(longroute, 'a', sizeof longroute);
     nv_metrics_request(m, longroute, sizeof longroute, 200, 1); /* too long: counted as "other" */
+    nv_metrics_free(m);
 }
 
 int main(void) {
