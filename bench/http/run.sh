@@ -163,6 +163,30 @@ parse_wrk() {
     REQUESTS=${REQUESTS:-0}
 }
 
+# CPU ticks (user + system) used so far by a process and its children (nginx's workers,
+# nuvion's workers): the server's own cost of a run, whoever else loads the machine.
+CLK_TCK=$(getconf CLK_TCK)
+tree_cpu_ticks() {
+    local pid=$1 total=0 p
+    for p in "$pid" $(pgrep -P "$pid"); do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+# start_evhttp WORKERS PORT PIN... -- the probe of evhttp (1 worker only), sets SERVER_PID.
+start_evhttp() {
+    local port=$2
+    shift 2
+    if [ ! -x "$WORK/evhttp_probe" ]; then
+        cc -O2 -o "$WORK/evhttp_probe" bench/http/evhttp_probe.c \
+            $(pkg-config --cflags --libs luajit libevent) || return 1
+    fi
+    "$@" "$WORK/evhttp_probe" "$port" >"$WORK/evhttp.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$port" "$SERVER_PID" "evhttp probe"
+}
+
 # measure SERVER WORKERS ROUND -- starts the server, warms it up, measures, stops it. Keeps
 # the round with the most req/s in RPS_/P50_/P99_/NOTE_<server>_<workers>, and every round's
 # req/s in ALL_<server>_<workers>.
@@ -178,10 +202,15 @@ measure() {
     say "round $round/$ROUNDS: $server, $workers worker(s), wrk ${load[*]} -d${DURATION_S}s on :$port"
     "start_$server" "$workers" "$port" "${pin[@]}" || return 1
     wrk_run "$WORK/warmup.txt" "$WARMUP_S" "${load[@]}" "http://127.0.0.1:$port/hello"
+    local cpu0 cpu1
+    cpu0=$(tree_cpu_ticks "$SERVER_PID")
     wrk_run "$WORK/wrk.txt" "$DURATION_S" "${load[@]}" "http://127.0.0.1:$port/hello"
+    cpu1=$(tree_cpu_ticks "$SERVER_PID")
     stop_pid "$SERVER_PID"
     SERVER_PID=""
     parse_wrk "$WORK/wrk.txt"
+    CPU_S=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+    EFF=$(awk -v r="$REQUESTS" -v c="$CPU_S" 'BEGIN { if (c > 0) printf "%.0f", r / c; else print 0 }')
     key="${server}_${workers}"
     best="RPS_$key"
     printf -v "ALL_$key" '%s' "$(eval echo "\${ALL_$key:-}") $(printf '%.0f' "$RPS")"
@@ -189,6 +218,8 @@ measure() {
         printf -v "RPS_$key" '%s' "$RPS"
         printf -v "P50_$key" '%s' "$P50_MS"
         printf -v "P99_$key" '%s' "$P99_MS"
+        printf -v "CPU_$key" '%s' "$CPU_S"
+        printf -v "EFF_$key" '%s' "$EFF"
     fi
     if [ "$NON2XX" != 0 ] || [ "$SOCKERR" != "connect 0, read 0, write 0, timeout 0" ]; then
         printf -v "NOTE_$key" '%s' "$(eval echo "\${NOTE_$key:-}")round $round: non-2xx $NON2XX, socket errors $SOCKERR; "
@@ -208,34 +239,42 @@ cpu_busy_pct() {
         printf "%.0f", (total > 0 ? 100 * (total - idle) / total : 0) }'
 }
 
-# The comparison table, with the goal and whether each worker count meets it.
+# The comparison table, with the goal and whether each worker count meets it. Beside req/s,
+# the server's CPU seconds in the measured run and requests per server CPU-second: when wrk is
+# the bottleneck (one core for it, one for the server), req/s measures wrk, and req per CPU-s
+# is the figure that tells the servers apart.
 compare_table() {
-    local w ratio p99r met nv ng
-    printf '%-10s | %7s | %10s | %10s | %10s | %s\n' server workers req/s p50 p99 "ratio (nuvion/nginx)"
-    printf '%s\n' "-----------|---------|------------|------------|------------|---------------------"
+    local w met
+    printf '%-11s | %7s | %9s | %9s | %9s | %7s | %11s | %s\n' server workers req/s p50 p99 "cpu s" \
+        "req/cpu-s" "ratio req/s, req/cpu-s (vs nginx+lua)"
+    printf '%s\n' "------------|---------|-----------|-----------|-----------|---------|-------------|-------------------------------------"
     for w in 1 2; do
-        nv="RPS_nuvion_$w"
-        ng="RPS_nginx_$w"
-        ratio=$(awk -v a="${!nv:-0}" -v b="${!ng:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')
-        for s in nuvion nginx; do
-            local r="RPS_${s}_$w" p50="P50_${s}_$w" p99="P99_${s}_$w" label=$s
+        local ng="RPS_nginx_$w" nge="EFF_nginx_$w" servers=(nuvion nginx)
+        [ "$w" = 1 ] && servers+=(evhttp)
+        for s in "${servers[@]}"; do
+            local r="RPS_${s}_$w" p50="P50_${s}_$w" p99="P99_${s}_$w" c="CPU_${s}_$w" e="EFF_${s}_$w" label=$s
             [ "$s" = nginx ] && label="nginx+lua"
-            printf '%-10s | %7s | %10.0f | %7s ms | %7s ms | %s\n' "$label" "$w" "${!r:-0}" \
-                "${!p50:-n/a}" "${!p99:-n/a}" "$([ "$s" = nuvion ] && echo "$ratio" || echo "1.00x")"
+            [ "$s" = evhttp ] && label="evhttp+lua"
+            printf '%-11s | %7s | %9.0f | %6s ms | %6s ms | %7s | %11s | %s\n' "$label" "$w" "${!r:-0}" \
+                "${!p50:-n/a}" "${!p99:-n/a}" "${!c:-n/a}" "${!e:-n/a}" \
+                "$(awk -v a="${!r:-0}" -v b="${!ng:-0}" -v ea="${!e:-0}" -v eb="${!nge:-0}" \
+                    'BEGIN { if (b > 0 && eb > 0) printf "%.2fx, %.2fx", a / b, ea / eb; else print "n/a" }')"
         done
     done
     echo
     echo "goal: >= 1.2x nginx+lua req/s with p99 no worse"
     for w in 1 2; do
         local a="RPS_nuvion_$w" b="RPS_nginx_$w" pa="P99_nuvion_$w" pb="P99_nginx_$w"
-        met=$(awk -v a="${!a:-0}" -v b="${!b:-0}" -v pa="${!pa:-0}" -v pb="${!pb:-0}" 'BEGIN {
-            if (b <= 0) { print "n/a"; exit }
-            printf "%.2fx req/s, p99 %.3f vs %.3f ms: %s", a / b, pa, pb,
+        local ea="EFF_nuvion_$w" eb="EFF_nginx_$w"
+        met=$(awk -v a="${!a:-0}" -v b="${!b:-0}" -v pa="${!pa:-0}" -v pb="${!pb:-0}" \
+                  -v ea="${!ea:-0}" -v eb="${!eb:-0}" 'BEGIN {
+            if (b <= 0 || eb <= 0) { print "n/a"; exit }
+            printf "%.2fx req/s (%.2fx req per server cpu-s), p99 %.3f vs %.3f ms: %s", a / b, ea / eb, pa, pb,
                    (a >= 1.2 * b && pa <= pb) ? "met" : "not met" }')
         echo "  $w worker(s): $met"
     done
     for w in 1 2; do
-        for s in nuvion nginx; do
+        for s in nuvion nginx evhttp; do
             local n="NOTE_${s}_$w"
             [ -n "${!n:-}" ] && echo "  warning: $s, $w worker(s): ${!n}"
         done
@@ -243,9 +282,9 @@ compare_table() {
     echo
     echo "req/s of every round (the best is in the table):"
     for w in 1 2; do
-        for s in nuvion nginx; do
+        for s in nuvion nginx evhttp; do
             local all="ALL_${s}_$w"
-            printf '  %-10s %s worker(s):%s\n' "$s" "$w" "${!all:-}"
+            [ -n "${!all:-}" ] && printf '  %-10s %s worker(s):%s\n' "$s" "$w" "${!all:-}"
         done
     done
     echo
@@ -254,7 +293,9 @@ compare_table() {
     echo "wrk ${LOAD_2[*]} -d${DURATION_S}s --latency at 2 workers (nothing pinned); ${WARMUP_S} s warm-up before"
     echo "each run; best of $ROUNDS interleaved rounds. GET /hello on loopback, body $BODY (11 bytes,"
     echo "Content-Length) from both. Access logs off on both (NUVION_ACCESS_LOG=0, nginx access_log off);"
-    echo "nginx keepalive_requests unlimited, as nuvion."
+    echo "nginx keepalive_requests unlimited, as nuvion. evhttp+lua: bench/http/evhttp_probe.c, libevent's"
+    echo "evhttp calling the same Lua handler in a fresh coroutine per request (the design not taken)."
+    echo "cpu s: user+system seconds of the server's processes during the measured run."
 }
 
 # nuvion with 2 workers under wrk while the supervisor gets SIGHUP once a second.
@@ -321,6 +362,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for w in 1 2; do
         measure nuvion "$w" "$round" || FAILED=1
         measure nginx "$w" "$round" || FAILED=1
+        [ "$w" = 1 ] && { measure evhttp 1 "$round" || FAILED=1; }
     done
 done
 compare_table >"$WORK/compare.txt"
