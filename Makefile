@@ -137,7 +137,7 @@ FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS = -std=gnu11 -g -O1 -Wall -Wextra -fno-omit-frame-pointer -D_GNU_SOURCE \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(FUZZ_SAN)
 # host/ for the targets' "module.h" includes only: as -Ihost it would also answer <limits.h>
-# (from luaconf.h, runtime.c, ...) with host/limits.h.
+# (from luaconf.h, runtime.c, ...) with a header of ours.
 FUZZ_INCLUDES := -iquote host
 FUZZ_SRCS := $(wildcard host/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:host/fuzz/%.c=build/fuzz/%)
