@@ -72,11 +72,11 @@ build/asan/%.o: host/%.c $(HOST_HDRS) | build/.deps
 
 build/rel/test/%: host/test/%.c host/test/test.h $(LIBOBJ_REL)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_REL) -Ihost -o $@ $< $(LIBOBJ_REL) $(LDLIBS)
+	$(CC) $(CFLAGS_REL) -iquote host -o $@ $< $(LIBOBJ_REL) $(LDLIBS)
 
 build/asan/test/%: host/test/%.c host/test/test.h $(LIBOBJ_ASAN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ASAN) -Ihost -o $@ $< $(LIBOBJ_ASAN) $(LDLIBS)
+	$(CC) $(CFLAGS_ASAN) -iquote host -o $@ $< $(LIBOBJ_ASAN) $(LDLIBS)
 
 ctest: deps $(TESTS_REL)
 ctest-asan: deps $(TESTS_ASAN)
