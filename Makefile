@@ -111,12 +111,7 @@ run: deps bin/nuvion
 # The HTTP bench writes its tables to bench/results/latest.txt; the JSON table is added to it.
 # The JSON bench runs even when the HTTP one failed (a reload run with errors); make fails then.
 bench: deps bin/nuvion
-	@set -o pipefail; status=0; bench/http/run.sh || status=$$?; \
-	if [ -f bench/json/run.lua ]; then \
-	  printf '\n== JSON: bin/nuvion run bench/json/run.lua\n' | tee -a bench/results/latest.txt; \
-	  bin/nuvion run bench/json/run.lua | tee -a bench/results/latest.txt || status=1; \
-	else echo "bench/json/run.lua is absent: JSON bench skipped"; fi; \
-	exit $$status
+	@scripts/bench.sh
 
 clean:
 	rm -rf build bin

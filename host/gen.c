@@ -9,11 +9,10 @@
 
 #include "log.h"
 #include "lua_core.h"
-#include "process.h"
+#include "modules.h"
 #include "runtime.h"
 
 void *nv_task_done_marker(void);
-int luaopen_nuvion_json(lua_State *L) __attribute__((weak));
 
 /* Counts every byte a state holds, and refuses growth past its cap: a state
  * that leaks or a request that builds a huge table gets "not enough memory"
@@ -94,13 +93,9 @@ static int gen_setup_paths(lua_State *L, nv_rt *rt) {
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
     lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, luaopen_nuvion_core);
-    lua_setfield(L, -2, "nuvion.core");
-    lua_pushcfunction(L, luaopen_nuvion_process_c);
-    lua_setfield(L, -2, "nuvion.process_c");
-    if (luaopen_nuvion_json != NULL) {
-        lua_pushcfunction(L, luaopen_nuvion_json);
-        lua_setfield(L, -2, "nuvion.json");
+    for (const nv_module *m = nv_modules; m->name != NULL; m++) {
+        lua_pushcfunction(L, m->open);
+        lua_setfield(L, -2, m->name);
     }
     lua_pop(L, 2);
     return NV_OK;

@@ -37,11 +37,21 @@ failed_total=0
 report=()      # one line per step, printed before the totals
 
 # --- services the specs need -------------------------------------------------------------------
-# Postgres and Redis are not needed yet. When they are, start_services brings them up (on free
-# loopback ports, data in $WORK) and exports DATABASE_URL / REDIS_URL; stop_services stops what
-# start_services started, by pid, and runs on every exit path (the EXIT trap below).
-start_services() { :; }
-stop_services() { :; }
+# A throwaway Postgres and two Redis servers (scripts/services.sh: free loopback ports, data
+# under var/test, Postgres as an unprivileged user), their URLs exported to every step as
+# NUVION_TEST_*; stop_services stops them by pid on every exit path (the EXIT trap below).
+SERVICES_DIR=$ROOT/var/test
+start_services() {
+    header "services"
+    rm -rf "$SERVICES_DIR"
+    if ! scripts/services.sh start "$SERVICES_DIR" 2; then
+        echo "test.sh: Postgres/Redis did not start: the specs that need them will fail"
+        return 0
+    fi
+    # shellcheck disable=SC1091
+    . "$SERVICES_DIR/env"
+}
+stop_services() { scripts/services.sh stop "$SERVICES_DIR" || true; }
 
 cleanup() {
     [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null

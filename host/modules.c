@@ -1,0 +1,14 @@
+/* modules.c -- the C modules every Lua state can require, by name. */
+#include "modules.h"
+
+#include "json.h"
+#include "process.h"
+#include "lua_core.h"
+
+/* Each primitive module adds its line here (and its header above). */
+const nv_module nv_modules[] = {
+    {"nuvion.core", luaopen_nuvion_core},
+    {"nuvion.json", luaopen_nuvion_json},
+    {"nuvion.process_c", luaopen_nuvion_process_c},
+    {NULL, NULL},
+};

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# services.sh -- throwaway Postgres and Redis servers for tests and local runs, under a folder
+# of ours, on free loopback ports, run as the unprivileged user `nuvion` (Postgres refuses root).
+#
+#   scripts/services.sh start DIR [REDIS_COUNT]   start (initdb on first use); writes DIR/env
+#   scripts/services.sh stop DIR                  stop what DIR/*.pid names (by pid)
+#
+# DIR/env holds shell exports:
+#   NUVION_TEST_PG_HOST, NUVION_TEST_PG_PORT
+#   NUVION_TEST_DATABASE_URL   postgres://nuvion:nuvion@127.0.0.1:PORT/nuvion_test (a superuser)
+#   NUVION_TEST_PG_SSL_URL     the same with sslmode=require (the server has a self-signed cert)
+#   NUVION_TEST_REDIS_URL      redis://127.0.0.1:PORT/0 (the first Redis)
+#   NUVION_TEST_REDIS_PORTS    every Redis port, space separated
+# Redis runs with maxmemory-policy noeviction and no persistence.
+set -euo pipefail
+
+PG_BIN=/usr/lib/postgresql/15/bin
+RUN_USER=nuvion
+START_WAIT_S=30
+
+die() { echo "services.sh: $*" >&2; exit 1; }
+
+free_port() {
+    local port i
+    for ((i = 0; i < 500; i++)); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
+}
+
+as_user() {
+    if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_USER" -- "$@"; else "$@"; fi
+}
+
+ensure_user() {
+    [ "$(id -u)" = 0 ] || { RUN_USER=$(id -un); return 0; }
+    id "$RUN_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$RUN_USER"
+}
+
+start_pg() {
+    local dir=$1 port=$2 data="$1/pg"
+    if [ ! -f "$data/PG_VERSION" ]; then
+        mkdir -p "$data"
+        chown "$RUN_USER" "$dir" "$data"
+        chmod 700 "$data"
+        printf 'nuvion\n' >"$dir/pg.pw"
+        chown "$RUN_USER" "$dir/pg.pw"
+        as_user "$PG_BIN/initdb" -D "$data" -U nuvion --pwfile="$dir/pg.pw" -A scram-sha-256 \
+            --auth-local=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+            { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+        # A self-signed certificate, so specs can connect with sslmode=require.
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
+            -keyout "$data/server.key" -out "$data/server.crt" >/dev/null 2>&1
+        chown "$RUN_USER" "$data/server.key" "$data/server.crt"
+        chmod 600 "$data/server.key"
+        cat >>"$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+ssl = on
+fsync = on
+synchronous_commit = on
+max_connections = 300
+shared_buffers = 128MB
+CONF
+    fi
+    sed -i "s/^port = .*//" "$data/postgresql.conf"
+    echo "port = $port" >>"$data/postgresql.conf"
+    as_user "$PG_BIN/pg_ctl" -D "$data" -l "$dir/pg.log" -w -t "$START_WAIT_S" start >/dev/null ||
+        { tail -n 20 "$dir/pg.log" >&2; die "postgres did not start"; }
+    head -n 1 "$data/postmaster.pid" >"$dir/pg.pid"
+    as_user "$PG_BIN/psql" -h "$dir" -p "$port" -U nuvion -d postgres -qtAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'nuvion_test'" | grep -q 1 ||
+        as_user "$PG_BIN/createdb" -h "$dir" -p "$port" -U nuvion nuvion_test
+}
+
+start_redis() {
+    local dir=$1 port=$2 n=$3
+    mkdir -p "$dir/redis-$n"
+    chown "$RUN_USER" "$dir/redis-$n"
+    as_user redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --maxmemory-policy noeviction --dir "$dir/redis-$n" --daemonize yes \
+        --pidfile "$dir/redis-$n/redis.pid" --logfile "$dir/redis-$n/redis.log" >/dev/null
+    local i
+    for ((i = 0; i < START_WAIT_S * 10; i++)); do
+        redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || die "redis on $port did not start"
+    cat "$dir/redis-$n/redis.pid" >"$dir/redis-$n.pid"
+}
+
+cmd_start() {
+    local dir=$1 count=${2:-1} pg_port ports=() i p
+    ensure_user
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    chown "$RUN_USER" "$dir"
+    pg_port=$(free_port) || die "no free port"
+    start_pg "$dir" "$pg_port"
+    for ((i = 1; i <= count; i++)); do
+        p=$(free_port) || die "no free port"
+        start_redis "$dir" "$p" "$i"
+        ports+=("$p")
+    done
+    cat >"$dir/env" <<ENV
+export NUVION_TEST_PG_HOST=127.0.0.1
+export NUVION_TEST_PG_PORT=$pg_port
+export NUVION_TEST_PG_SOCKET_DIR=$dir
+export NUVION_TEST_DATABASE_URL=postgres://nuvion:nuvion@127.0.0.1:$pg_port/nuvion_test
+export NUVION_TEST_PG_SSL_URL=postgres://nuvion:nuvion@127.0.0.1:$pg_port/nuvion_test?sslmode=require
+export NUVION_TEST_REDIS_URL=redis://127.0.0.1:${ports[0]}/0
+export NUVION_TEST_REDIS_PORTS="${ports[*]}"
+ENV
+    echo "services.sh: postgres on 127.0.0.1:$pg_port, redis on ${ports[*]} (env in $dir/env)"
+}
+
+stop_pid_file() {
+    local f=$1 pid i
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+}
+
+cmd_stop() {
+    local dir=$1 f
+    [ -d "$dir" ] || return 0
+    for f in "$dir"/redis-*.pid; do stop_pid_file "$f"; done
+    # Postgres: a fast shutdown (SIGINT to the postmaster) ends every session.
+    if [ -f "$dir/pg.pid" ]; then
+        local pid
+        pid=$(cat "$dir/pg.pid")
+        kill -INT "$pid" 2>/dev/null || true
+        stop_pid_file "$dir/pg.pid"
+    fi
+}
+
+case "${1:-}" in
+start) [ $# -ge 2 ] || die "usage: services.sh start DIR [REDIS_COUNT]"; cmd_start "$2" "${3:-1}" ;;
+stop) [ $# -ge 2 ] || die "usage: services.sh stop DIR"; cmd_stop "$2" ;;
+*) die "usage: services.sh start|stop DIR" ;;
+esac
