@@ -101,12 +101,7 @@ lint: deps
 	luacheck $(LUA_DIRS)
 
 run: deps bin/nuvion
-	@echo "Nuvion: the six services (foreman, Procfile.dev), Ctrl-C stops them all"; i=0; \
-	for svc in $$(sed -n 's/^\([a-z_][a-z_]*\):.*/\1/p' Procfile.dev); do \
-	  printf '  %-16s -> http://127.0.0.1:%d  (GET /health)\n' $$svc $$(( $(RUN_PORT) + 100 * i )); \
-	  i=$$((i + 1)); \
-	done
-	exec foreman start -f Procfile.dev -d . -p $(RUN_PORT)
+	@RUN_PORT=$(RUN_PORT) scripts/run.sh
 
 # The HTTP bench writes its tables to bench/results/latest.txt; the JSON table is added to it.
 # The JSON bench runs even when the HTTP one failed (a reload run with errors); make fails then.

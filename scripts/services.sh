@@ -4,6 +4,7 @@
 #
 #   scripts/services.sh start DIR [REDIS_COUNT]   start (initdb on first use); writes DIR/env
 #   scripts/services.sh stop DIR                  stop what DIR/*.pid names (by pid)
+#   scripts/services.sh provision DIR             a database and a role per service (below)
 #
 # DIR/env holds shell exports:
 #   NUVION_TEST_PG_HOST, NUVION_TEST_PG_PORT
@@ -12,6 +13,12 @@
 #   NUVION_TEST_REDIS_URL      redis://127.0.0.1:PORT/0 (the first Redis)
 #   NUVION_TEST_REDIS_PORTS    every Redis port, space separated
 # Redis runs with maxmemory-policy noeviction and no persistence.
+#
+# provision (after start, with one Redis per service) gives each service its own database and
+# login role, which alone may connect to it (CONNECT revoked from PUBLIC), and its own Redis;
+# the ledger has its own database, owned by core's role. It appends to DIR/env, per service
+# (CORE, ACQUIRING, ...):  NUVION_<SERVICE>_DATABASE_URL  NUVION_<SERVICE>_REDIS_URL
+# and NUVION_LEDGER_DATABASE_URL. Passwords are random, kept in DIR/passwords (mode 600).
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -146,8 +153,59 @@ cmd_stop() {
     fi
 }
 
+SERVICES=(core acquiring payout account_issuing card_issuing blockchain)
+
+cmd_provision() {
+    local dir=$1 svc db role pw url port i=0
+    [ -f "$dir/env" ] || die "provision: $dir/env missing (start first)"
+    # shellcheck disable=SC1091
+    . "$dir/env"
+    local ports=($NUVION_TEST_REDIS_PORTS)
+    [ "${#ports[@]}" -ge "${#SERVICES[@]}" ] || die "provision: needs ${#SERVICES[@]} Redis servers"
+    touch "$dir/passwords"
+    chmod 600 "$dir/passwords"
+    local sql=""
+    for svc in "${SERVICES[@]}" ledger; do
+        db=$svc
+        role=$svc
+        [ "$svc" = ledger ] && role=core
+        if ! grep -q "^$role " "$dir/passwords"; then
+            echo "$role $(openssl rand -hex 24)" >>"$dir/passwords"
+        fi
+        pw=$(awk -v r="$role" '$1 == r { print $2 }' "$dir/passwords")
+        sql+="DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN PASSWORD '$pw';
+  END IF;
+END \$\$;
+SELECT 'CREATE DATABASE $db OWNER $role' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$db')\\gexec
+REVOKE CONNECT, TEMPORARY ON DATABASE $db FROM PUBLIC;
+GRANT CONNECT ON DATABASE $db TO $role;
+"
+    done
+    printf '%s' "$sql" | as_user "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h "$dir" \
+        -p "$NUVION_TEST_PG_PORT" -U nuvion -d postgres >"$dir/provision.log" 2>&1 ||
+        { cat "$dir/provision.log" >&2; die "provision failed"; }
+    sed -i '/^export NUVION_[A-Z_]*_\(DATABASE\|REDIS\)_URL=/{/NUVION_TEST_/!d}' "$dir/env"
+    {
+        for svc in "${SERVICES[@]}" ledger; do
+            role=$svc
+            [ "$svc" = ledger ] && role=core
+            pw=$(awk -v r="$role" '$1 == r { print $2 }' "$dir/passwords")
+            url="postgres://$role:$pw@127.0.0.1:$NUVION_TEST_PG_PORT/$svc"
+            echo "export NUVION_$(echo "$svc" | tr a-z A-Z)_DATABASE_URL=$url"
+            if [ "$svc" != ledger ]; then
+                echo "export NUVION_$(echo "$svc" | tr a-z A-Z)_REDIS_URL=redis://127.0.0.1:${ports[$i]}/0"
+                i=$((i + 1))
+            fi
+        done
+    } >>"$dir/env"
+    echo "services.sh: provisioned ${SERVICES[*]} and ledger (env in $dir/env)"
+}
+
 case "${1:-}" in
 start) [ $# -ge 2 ] || die "usage: services.sh start DIR [REDIS_COUNT]"; cmd_start "$2" "${3:-1}" ;;
 stop) [ $# -ge 2 ] || die "usage: services.sh stop DIR"; cmd_stop "$2" ;;
+provision) [ $# -ge 2 ] || die "usage: services.sh provision DIR"; cmd_provision "$2" ;;
 *) die "usage: services.sh start|stop DIR" ;;
 esac

@@ -37,14 +37,15 @@ failed_total=0
 report=()      # one line per step, printed before the totals
 
 # --- services the specs need -------------------------------------------------------------------
-# A throwaway Postgres and two Redis servers (scripts/services.sh: free loopback ports, data
-# under var/test, Postgres as an unprivileged user), their URLs exported to every step as
-# NUVION_TEST_*; stop_services stops them by pid on every exit path (the EXIT trap below).
+# A throwaway Postgres and a Redis per service (scripts/services.sh: free loopback ports, data
+# under var/test, Postgres as an unprivileged user), a database and a role per service, their
+# URLs exported to every step (NUVION_TEST_*, NUVION_<SERVICE>_*_URL); stop_services stops them
+# by pid on every exit path (the EXIT trap below).
 SERVICES_DIR=$ROOT/var/test
 start_services() {
     header "services"
     rm -rf "$SERVICES_DIR"
-    if ! scripts/services.sh start "$SERVICES_DIR" 2; then
+    if ! scripts/services.sh start "$SERVICES_DIR" 6 || ! scripts/services.sh provision "$SERVICES_DIR"; then
         echo "test.sh: Postgres/Redis did not start: the specs that need them will fail"
         return 0
     fi

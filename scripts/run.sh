@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# run.sh -- what `make run` runs: a local Postgres and one Redis per service under var/run (the
+# database is kept between runs), a database and a role per service (scripts/services.sh
+# provision), the release phase (migrations, once `bin/nuvion migrate` exists), then the six
+# services under foreman, each with its own DATABASE_URL and REDIS_URL (Procfile.dev). Ctrl-C
+# stops the services, then Postgres and Redis.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DIR=$PWD/var/run
+BASE=${RUN_PORT:-5000}
+SERVICES=(core acquiring payout account_issuing card_issuing blockchain)
+
+trap 'scripts/services.sh stop "$DIR"' EXIT
+scripts/services.sh start "$DIR" "${#SERVICES[@]}"
+scripts/services.sh provision "$DIR"
+# shellcheck disable=SC1091
+. "$DIR/env"
+
+if bin/nuvion help 2>/dev/null | grep -q '^ *nuvion migrate'; then
+    bin/nuvion migrate --all
+fi
+
+echo "Nuvion: the six services (foreman, Procfile.dev), Ctrl-C stops them all"
+i=0
+for svc in "${SERVICES[@]}"; do
+    printf '  %-16s -> http://127.0.0.1:%d  (GET /health)\n' "$svc" $((BASE + 100 * i))
+    i=$((i + 1))
+done
+echo "  postgres         -> 127.0.0.1:$NUVION_TEST_PG_PORT (a database and a role per service)"
+echo "  redis            -> 127.0.0.1: $NUVION_TEST_REDIS_PORTS (one per service)"
+foreman start -f Procfile.dev -d . -p "$BASE"
