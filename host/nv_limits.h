@@ -47,6 +47,13 @@
 #define NV_LUA_MEMORY_HEADROOM_BYTES (8L * 1024 * 1024) /* over the cap, for the host's own calls
                                                           outside Lua code: a Lua OOM must never
                                                           become a panic in C */
+#define NV_LUA_GC_FLOOR_BYTES (16L * 1024 * 1024)  /* garbage a small state may gather before a GC
+                                                     cycle: a cycle walks the whole live heap, so
+                                                     with the default pause (200%) a 200 KB state
+                                                     cycled every ~400 requests (measured: ~10% of
+                                                     a request's instructions) */
+#define NV_LUA_GC_PAUSE_MIN 200                    /* Lua's default: heap may double between cycles */
+#define NV_LUA_GC_PAUSE_MAX 10000                  /* at most 100x the live heap */
 #define NV_LUA_COROUTINE_POOL_MAX 1024             /* idle coroutines kept for reuse per state */
 #define NV_LUA_GENERATIONS_MAX 8                   /* states alive at once in one worker (1 serving + draining) */
 
@@ -68,5 +75,33 @@
 
 /* Timers */
 #define NV_TIMERS_MAX 100000                       /* live timers per state */
+
+/* HTTP client */
+#define NV_HTTP_CLIENT_HEADERS_MAX 100                    /* header lines in one response */
+#define NV_HTTP_CLIENT_HEADER_BYTES_DEFAULT (64 * 1024)   /* response status line + headers */
+#define NV_HTTP_CLIENT_HEADER_BYTES_MAX (1024 * 1024)
+#define NV_HTTP_CLIENT_BODY_BYTES_DEFAULT (8 * 1024 * 1024) /* provider APIs answer in KB; 8 MB is generous */
+#define NV_HTTP_CLIENT_BODY_BYTES_MAX (256 * 1024 * 1024)   /* max_body_bytes may not ask for more */
+#define NV_HTTP_CLIENT_REQUEST_BYTES_MAX (64 * 1024 * 1024) /* request head + body we send */
+#define NV_HTTP_CLIENT_TIMEOUT_MS_DEFAULT 10000           /* whole request; below the server's 15 s handler limit */
+#define NV_HTTP_CLIENT_CONNECT_TIMEOUT_MS_DEFAULT 3000    /* DNS + TCP + proxy + TLS */
+#define NV_HTTP_CLIENT_TIMEOUT_MS_MAX 600000              /* longer calls belong in a queue */
+#define NV_HTTP_CLIENT_IDLE_PER_ORIGIN_MAX 16             /* pooled idle connections per origin */
+#define NV_HTTP_CLIENT_IDLE_MAX 256                       /* pooled idle connections per worker */
+#define NV_HTTP_CLIENT_IDLE_MS 30000                      /* below the 60-75 s keep-alive of common servers */
+#define NV_HTTP_CLIENT_REQUESTS_MAX 10000                 /* requests in flight per worker */
+#define NV_HTTP_CLIENT_HOST_BYTES_MAX 255                 /* DNS name length (RFC 1035) */
+#define NV_HTTP_CLIENT_CA_FILES_MAX 8                     /* distinct ca_file paths with a cached TLS context */
+#define NV_HTTP_CLIENT_READS_PER_EVENT_MAX 64             /* parse steps per read callback */
+#define NV_HTTP_CLIENT_DNS_TIMEOUT_S "2"                  /* evdns per-try timeout; the request timeout bounds it too */
+#define NV_HTTP_CLIENT_DNS_ATTEMPTS "2"                   /* evdns tries per nameserver */
+
+/* Crypto */
+#define NV_CRYPTO_AEAD_BYTES_MAX (64 * 1024 * 1024) /* AES-GCM plaintext or AAD: the largest HTTP body */
+#define NV_CRYPTO_HMAC_KEY_BYTES_MAX (64 * 1024)    /* HMAC key: any real secret is far shorter */
+#define NV_CRYPTO_RANDOM_BYTES_MAX (1024 * 1024)    /* one random() call: keys and ids, not bulk data */
+#define NV_CRYPTO_PEM_BYTES_MAX (64 * 1024)         /* a PEM or DER public key: certificates are smaller */
+#define NV_CRYPTO_MASTER_KEYS_MAX 32                /* NUVION_MASTER_KEYS entries: rotations kept live */
+#define NV_CRYPTO_KEY_ID_BYTES_MAX 32               /* master key id, [A-Za-z0-9_-] */
 
 #endif

@@ -40,6 +40,7 @@ struct nv_gen {
     size_t mem_bytes;     /* bytes allocated by this state */
     size_t mem_bytes_max; /* allocation beyond this fails with "not enough memory" */
     int mem_enforced;     /* 1 while Lua code runs: the host's own pushes get headroom */
+    int gc_pause;         /* the GC pause set last (gen_pace_gc) */
     lua_Alloc inner_alloc; /* LuaJIT's own allocator, which gen_alloc wraps */
     void *inner_ud;
     int trampoline_ref;   /* registry: function run by every fresh coroutine */

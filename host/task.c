@@ -63,6 +63,22 @@ static void task_release(nv_task *t, int reusable) {
     if (g->state == NV_GEN_RETIRING && g->tasks == 0 && g->timers == 0) nv_gen_schedule_gc();
 }
 
+/* Paces the collector to a floor: while the heap is small, the pause grows so
+ * that a cycle starts after about NV_LUA_GC_FLOOR_BYTES of new allocation
+ * instead of after the heap doubles; a large heap keeps Lua's default. The GC
+ * still runs inside long tasks (unlike stopping it), only less often. */
+static void gen_pace_gc(nv_gen *g) {
+    size_t heap = g->mem_bytes > 0 ? g->mem_bytes : 1;
+    size_t want = 100 * (heap + NV_LUA_GC_FLOOR_BYTES) / heap;
+    int pause = want > NV_LUA_GC_PAUSE_MAX ? NV_LUA_GC_PAUSE_MAX
+              : want < NV_LUA_GC_PAUSE_MIN ? NV_LUA_GC_PAUSE_MIN : (int)want;
+    /* Only a change of a quarter or more is worth the call. */
+    if (pause * 4 < g->gc_pause * 3 || pause * 4 > g->gc_pause * 5) {
+        lua_gc(g->L, LUA_GCSETPAUSE, pause);
+        g->gc_pause = pause;
+    }
+}
+
 static int task_resume(nv_task *t, int nargs) {
     nv_rt *rt = nv_rt_get();
     nv_task *prev = rt->current;
@@ -77,6 +93,7 @@ static int task_resume(nv_task *t, int nargs) {
      * the incremental collector would take a while to find: collect it now,
      * so the next request does not fail for the last one's sins. */
     if (g->mem_bytes > g->mem_bytes_max / 10 * 9) lua_gc(g->L, LUA_GCCOLLECT, 0);
+    gen_pace_gc(g);
 
     if (rc == LUA_YIELD) {
         int n = lua_gettop(t->co);

@@ -129,10 +129,12 @@ end
 
 -- Returns status, body, headers, route pattern.
 function Router:dispatch(req)
-  local route, params = self:match(req.path)
+  local path = req.path
+  local route, params = self.static[path], nil
+  if not route then route, params = self:match(path) end
   if not route then
     return { status = 404, type = "invalid_request_error", code = "route_not_found",
-             message = "No route for " .. req.method .. " " .. req.path .. "." }, nil, nil, "unmatched"
+             message = "No route for " .. req.method .. " " .. path .. "." }, nil, nil, "unmatched"
   end
   local method = req.method
   local handler = route.handlers[method] or (method == "HEAD" and route.handlers.GET)

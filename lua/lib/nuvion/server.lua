@@ -25,9 +25,9 @@ local function error_body(outcome, request_id)
 end
 _M.error_body = error_body
 
-local function respond(app, method, path, query, handle, seq)
-  local req = new_request(method, path, query, handle, seq)
-  local status, body, headers, route = app:dispatch(req)
+-- The response of a handler's result: status, body string, content type,
+-- route, headers.
+local function finish(req, status, body, headers, route)
   if type(status) == "table" then -- an outcome
     return status.status, error_body(status, req.id), JSON, route, headers
   end
@@ -56,8 +56,11 @@ function _M.boot(service_dir, name)
   if type(app) ~= "table" or type(app.dispatch) ~= "function" then
     error("service " .. name .. ": init.lua must return a router (nuvion.router.new())", 0)
   end
+  local dispatch = app.dispatch
+  -- The entry the host calls per request, in the request's task.
   return function(method, path, query, handle, seq)
-    return respond(app, method, path, query, handle, seq)
+    local req = new_request(method, path, query, handle, seq)
+    return finish(req, dispatch(app, req))
   end
 end
 
