@@ -3,6 +3,7 @@
  * /metrics for the whole server by merging the tables. */
 #include "metrics.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,6 @@ void nv_metrics_worker(nv_metrics *m, int worker, int64_t connections, size_t lu
 }
 
 static int put(nv_buf *out, size_t max, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-#include <stdarg.h>
 static int put(nv_buf *out, size_t max, const char *fmt, ...) {
     char line[1024];
     va_list ap;
@@ -152,44 +152,58 @@ static void merge(nv_metrics *m, const series *s, merged *out) {
     }
 }
 
-int nv_metrics_render(nv_metrics *m, const char *service, nv_buf *out, size_t max) {
+/* Calls fn once per (route, status) of the whole server, with its sums. */
+typedef int (*series_fn)(const series *s, const merged *v, const char *service, nv_buf *out,
+                         size_t max);
+
+static int each_series(nv_metrics *m, series_fn fn, const char *service, nv_buf *out, size_t max) {
     int rc = NV_OK;
     merged v;
+    for (int w = 0; w <= m->workers; w++) {
+        for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
+            series *s = &m->t[w].s[i];
+            if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE) || seen_before(m, w, s)) continue;
+            merge(m, s, &v);
+            rc |= fn(s, &v, service, out, max);
+        }
+    }
+    return rc;
+}
+
+static int put_count(const series *s, const merged *v, const char *service, nv_buf *out, size_t max) {
+    return put(out, max, "nuvion_http_requests_total{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
+               service, (int)s->route_len, s->route, s->status, (unsigned long long)v->count);
+}
+
+static int put_histogram(const series *s, const merged *v, const char *service, nv_buf *out,
+                         size_t max) {
+    int rc = NV_OK;
+    uint64_t cum = 0;
+    for (size_t b = 0; b < NV_METRICS_BUCKETS; b++) {
+        cum += v->buckets[b];
+        rc |= put(out, max,
+                  "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"%g\"} %llu\n",
+                  service, (int)s->route_len, s->route, s->status, (double)bucket_us[b] / 1e6,
+                  (unsigned long long)cum);
+    }
+    rc |= put(out, max,
+              "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"+Inf\"} %llu\n"
+              "nuvion_http_request_duration_seconds_sum{service=\"%s\",route=\"%.*s\",status=\"%u\"} %.6f\n"
+              "nuvion_http_request_duration_seconds_count{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
+              service, (int)s->route_len, s->route, s->status, (unsigned long long)v->count,
+              service, (int)s->route_len, s->route, s->status, (double)v->sum_us / 1e6,
+              service, (int)s->route_len, s->route, s->status, (unsigned long long)v->count);
+    return rc;
+}
+
+int nv_metrics_render(nv_metrics *m, const char *service, nv_buf *out, size_t max) {
+    int rc = NV_OK;
     rc |= put(out, max, "# HELP nuvion_http_requests_total HTTP requests answered.\n"
                         "# TYPE nuvion_http_requests_total counter\n");
-    for (int w = 0; w <= m->workers; w++) {
-        for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
-            series *s = &m->t[w].s[i];
-            if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE) || seen_before(m, w, s)) continue;
-            merge(m, s, &v);
-            rc |= put(out, max, "nuvion_http_requests_total{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
-                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count);
-        }
-    }
+    rc |= each_series(m, put_count, service, out, max);
     rc |= put(out, max, "# HELP nuvion_http_request_duration_seconds Time from a complete request to its response.\n"
                         "# TYPE nuvion_http_request_duration_seconds histogram\n");
-    for (int w = 0; w <= m->workers; w++) {
-        for (size_t i = 0; i < NV_METRICS_SERIES_MAX; i++) {
-            series *s = &m->t[w].s[i];
-            if (!__atomic_load_n(&s->used, __ATOMIC_ACQUIRE) || seen_before(m, w, s)) continue;
-            merge(m, s, &v);
-            uint64_t cum = 0;
-            for (size_t b = 0; b < NV_METRICS_BUCKETS; b++) {
-                cum += v.buckets[b];
-                rc |= put(out, max,
-                          "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"%g\"} %llu\n",
-                          service, (int)s->route_len, s->route, s->status, (double)bucket_us[b] / 1e6,
-                          (unsigned long long)cum);
-            }
-            rc |= put(out, max,
-                      "nuvion_http_request_duration_seconds_bucket{service=\"%s\",route=\"%.*s\",status=\"%u\",le=\"+Inf\"} %llu\n"
-                      "nuvion_http_request_duration_seconds_sum{service=\"%s\",route=\"%.*s\",status=\"%u\"} %.6f\n"
-                      "nuvion_http_request_duration_seconds_count{service=\"%s\",route=\"%.*s\",status=\"%u\"} %llu\n",
-                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count,
-                      service, (int)s->route_len, s->route, s->status, (double)v.sum_us / 1e6,
-                      service, (int)s->route_len, s->route, s->status, (unsigned long long)v.count);
-        }
-    }
+    rc |= each_series(m, put_histogram, service, out, max);
     rc |= put(out, max, "# HELP nuvion_http_open_connections Open client connections per worker.\n"
                         "# TYPE nuvion_http_open_connections gauge\n");
     for (int w = 1; w <= m->workers; w++)

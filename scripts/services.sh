@@ -27,17 +27,8 @@ START_WAIT_S=30
 
 die() { echo "services.sh: $*" >&2; exit 1; }
 
-free_port() {
-    local port i
-    for ((i = 0; i < 500; i++)); do
-        port=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 as_user() {
     if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_USER" -- "$@"; else "$@"; fi

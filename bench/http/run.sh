@@ -74,18 +74,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "run.sh: interrupted"; exit 130' INT TERM
 
-# A loopback port nothing listens on (a refused connect says so).
-free_port() {
-    local port i
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh # free_port
 
 # Waits until GET /hello answers the expected body; fails if the server died or took too long.
 wait_ready() {
