@@ -325,6 +325,7 @@ void nv_gen_close_all(void) {
     while (rt->gens != NULL) {
         nv_gen *g = rt->gens;
         rt->gens = g->next;
+        nv_lua_core_close(g);
         gen_lua_close(g);
         free(g);
     }

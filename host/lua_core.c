@@ -247,6 +247,26 @@ void nv_lua_core_retire(nv_gen *g) {
     lua_pop(L, 1);
 }
 
+void nv_lua_core_close(nv_gen *g) {
+    lua_State *L = g->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->timers_ref);
+    int n = (int)lua_objlen(L, -1);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        nv_timer *tm = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        if (tm == NULL) continue;
+        /* The process is exiting: a running tick is abandoned with its state. */
+        if (tm->running) g->tasks--;
+        tm->running = 0;
+        tm->cancelled = 1;
+        if (tm->every_ms == 0 && event_pending(tm->ev, EV_TIMEOUT, NULL)) g->timers--;
+        event_del(tm->ev);
+        timer_free(tm);
+    }
+    lua_pop(L, 1);
+}
+
 /* ---- clock, logs, context ---- */
 
 static int core_now(lua_State *L) {

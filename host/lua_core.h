@@ -12,6 +12,9 @@ int luaopen_nuvion_core(lua_State *L);
  * still fire on it, and keep it open until they have). */
 void nv_lua_core_retire(nv_gen *g);
 
+/* The state is about to close (the process exits): frees every timer. */
+void nv_lua_core_close(nv_gen *g);
+
 /* Frees what a task struct owns outside Lua (its sleep timer). */
 void nv_task_dispose(nv_task *t);
 

@@ -60,6 +60,18 @@ describe("bin/nuvion run", function()
     assert.equals("spawned,timer", out)
   end)
 
+  it("exits when the script ends, with timers still pending or running, and frees them", function()
+    local how, code = run([[
+      local nuvion = require "nuvion"
+      nuvion.timer.every(5, function() nuvion.sleep(100) end)
+      nuvion.timer.at(60000, function() end)
+      nuvion.sleep(20)
+      return 4
+    ]])
+    assert.equals("exit", how)
+    assert.equals(4, code) -- under ASan (make test runs this tier so) a leak would change it
+  end)
+
   it("reports a syntax error and exits 1", function()
     local _, code, out = run("this is not lua (")
     assert.equals(1, code)
