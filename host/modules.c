@@ -1,6 +1,7 @@
 /* modules.c -- the C modules every Lua state can require, by name. */
 #include "modules.h"
 
+#include "crypto.h"
 #include "http_client.h"
 #include "json.h"
 #include "process.h"
@@ -11,6 +12,7 @@ const nv_module nv_modules[] = {
     {"nuvion.core", luaopen_nuvion_core},
     {"nuvion.json", luaopen_nuvion_json},
     {"nuvion.process_c", luaopen_nuvion_process_c},
+    {"nuvion.crypto_c", luaopen_nuvion_crypto_c},
     {"nuvion.http_c", luaopen_nuvion_http_c},
     {NULL, NULL},
 };
