@@ -5,6 +5,7 @@
 #include "http_client.h"
 #include "json.h"
 #include "process.h"
+#include "redis.h"
 #include "lua_core.h"
 
 /* Each primitive module adds its line here (and its header above). */
@@ -14,5 +15,6 @@ const nv_module nv_modules[] = {
     {"nuvion.process_c", luaopen_nuvion_process_c},
     {"nuvion.crypto_c", luaopen_nuvion_crypto_c},
     {"nuvion.http_c", luaopen_nuvion_http_c},
+    {"nuvion.redis_c", luaopen_nuvion_redis_c},
     {NULL, NULL},
 };

@@ -104,4 +104,26 @@
 #define NV_CRYPTO_MASTER_KEYS_MAX 32                /* NUVION_MASTER_KEYS entries: rotations kept live */
 #define NV_CRYPTO_KEY_ID_BYTES_MAX 32               /* master key id, [A-Za-z0-9_-] */
 
+/* Redis */
+#define NV_REDIS_PENDING_MAX 16384                 /* commands waiting for replies on one connection:
+                                                      beyond, "too many pending commands" (a stalled
+                                                      Redis must not grow a queue without end) */
+#define NV_REDIS_PIPELINE_COMMANDS_MAX 10000       /* commands in one explicit pipeline */
+#define NV_REDIS_ARGS_MAX (1024 * 1024)            /* arguments of one command (Redis allows more; an
+                                                      MSET that large belongs in batches) */
+#define NV_REDIS_ARGS_INLINE 32                    /* arguments formatted without a heap array */
+#define NV_REDIS_REPLY_BYTES_MAX (64 * 1024 * 1024) /* one reply on the wire: a bigger one drops the
+                                                      connection with an error instead of an OOM */
+#define NV_REDIS_READ_BYTES_MAX (256 * 1024)       /* bytes read per read callback (libevent's default
+                                                      16 KB halves the throughput of pipelines) */
+#define NV_REDIS_WRITE_BYTES_MAX (256 * 1024)      /* bytes written per write callback */
+#define NV_REDIS_READ_CHUNKS_MAX 64                /* buffer chunks fed to the reader per callback */
+#define NV_REDIS_CONNECT_TIMEOUT_MS_DEFAULT 5000   /* DNS + TCP + TLS + AUTH/SELECT */
+#define NV_REDIS_TIMEOUT_MS_DEFAULT 5000           /* per command; a request has 15 s in all */
+#define NV_REDIS_TIMEOUT_MS_MAX 3600000            /* an hour: longer waits belong in a queue */
+#define NV_REDIS_BLOCKING_CONNS_MAX 16             /* dedicated connections for blocking commands, per client */
+#define NV_REDIS_BLOCKING_MARGIN_MS 5000           /* client-side wait past a blocking command's own timeout */
+#define NV_REDIS_HOST_BYTES_MAX 255                /* DNS name length (RFC 1035) */
+#define NV_REDIS_SCRIPTS_MAX 1024                  /* SHA-1s cached per client before the cache starts over */
+
 #endif

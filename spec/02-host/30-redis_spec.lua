@@ -1,0 +1,476 @@
+-- nuvion.redis against real Redis servers: the shared test server
+-- (NUVION_TEST_REDIS_URL, keys under a prefix of this run, deleted at the end)
+-- and servers of its own for what would disturb others (restart, AUTH, TLS,
+-- SCRIPT FLUSH, huge replies), started with nuvion.process and stopped by pid.
+local redis = require "nuvion.redis"
+local nuvion = require "nuvion"
+local process = require "nuvion.process"
+local socket = require "nuvion.socket"
+
+local URL = os.getenv("NUVION_TEST_REDIS_URL")
+local P = "spec30:" .. nuvion.random_hex(4) .. ":"
+
+local function run(argv)
+  local p = assert(process.spawn(argv, { output = "null" }))
+  local how, code = p:wait(20000)
+  assert(how == "exit" and code == 0, "command failed: " .. table.concat(argv, " "))
+end
+
+local function port_open(port)
+  local s = socket.tcp()
+  s:settimeout(200)
+  local ok = s:connect("127.0.0.1", port)
+  s:close()
+  return ok
+end
+
+local function free_port()
+  for _ = 1, 100 do
+    local port = 30000 + math.random(0, 25000)
+    if not port_open(port) then return port end
+  end
+  error("no free port")
+end
+
+-- A redis-server of this spec on `port` (a free one when nil); extra: more arguments.
+local function start_redis(port, extra, tls)
+  port = port or free_port()
+  local argv = { "redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--maxmemory-policy", "noeviction" }
+  if tls then
+    argv[#argv + 1] = "--port"; argv[#argv + 1] = "0"
+    argv[#argv + 1] = "--tls-port"; argv[#argv + 1] = tostring(port)
+  else
+    argv[#argv + 1] = "--port"; argv[#argv + 1] = tostring(port)
+  end
+  for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+  local proc = assert(process.spawn(argv, { output = "null" }))
+  local deadline = nuvion.monotonic_ms() + 10000
+  while not port_open(port) do
+    assert(nuvion.monotonic_ms() < deadline, "redis-server did not start on " .. port)
+    nuvion.sleep(20)
+  end
+  return { proc = proc, port = port, url = "redis://127.0.0.1:" .. port .. "/0" }
+end
+
+local function stop_redis(srv)
+  if not srv or srv.proc.status then return end
+  srv.proc:kill("KILL")
+  srv.proc:wait(5000)
+end
+
+describe("nuvion.redis", function()
+  local r
+
+  lazy_setup(function()
+    assert(URL, "NUVION_TEST_REDIS_URL is not set: run the specs with `make test` "
+                .. "(or scripts/services.sh start DIR && . DIR/env)")
+    local err
+    r, err = redis.connect(URL)
+    assert(r, err)
+  end)
+
+  lazy_teardown(function()
+    if not r then return end
+    local keys = r:call("KEYS", P .. "*")
+    if keys and #keys > 0 then r:call("DEL", unpack(keys)) end
+  end)
+
+  describe("replies", function()
+    it("maps every reply type to Lua", function()
+      assert.equals("OK", r:call("SET", P .. "s", "v"))                 -- status
+      assert.equals("v", r:call("GET", P .. "s"))                       -- bulk
+      assert.is_nil(r:call("GET", P .. "missing"))                      -- nil
+      assert.equals(1, r:call("EXISTS", P .. "s"))                      -- integer
+      assert.equals("PONG", r:call("PING"))
+      r:call("RPUSH", P .. "l", "a", "b", "c")
+      assert.same({ "a", "b", "c" }, r:call("LRANGE", P .. "l", 0, -1)) -- array
+      assert.same({}, r:call("LRANGE", P .. "nolist", 0, -1))           -- empty array
+      local mget = r:call("MGET", P .. "s", P .. "missing")
+      assert.equals(2, #mget)
+      assert.equals(redis.null, mget[2])                               -- nil inside an array
+      local nested = r:call("EVAL", "return {1, {2, 'x'}, redis.error_reply('BAD one')}", 0)
+      assert.same({ 1, { 2, "x" }, { err = "BAD one" } }, nested)      -- nested, error inside
+    end)
+
+    it("returns nil and the Redis error text for an error reply", function()
+      r:call("SET", P .. "str", "x")
+      local res, err = r:call("LPUSH", P .. "str", "a")
+      assert.is_nil(res)
+      assert.matches("^WRONGTYPE", err)
+      res, err = r:call("NOSUCHCOMMAND")
+      assert.is_nil(res)
+      assert.matches("^ERR unknown command", err)
+    end)
+
+    it("keeps integers exact to 2^53 and gives larger ones as strings of digits", function()
+      assert.equals(2 ^ 53, r:call("INCRBY", P .. "i", 2 ^ 53))
+      assert.equals("9007199254740993", r:call("INCR", P .. "i"))
+      assert.equals("-9223372036854775807", r:call("DECRBY", P .. "j", "9223372036854775807"))
+      -- numbers as arguments: integers print as integers, others with all their digits
+      r:call("SET", P .. "f", 0.1)
+      assert.equals("0.10000000000000001", r:call("GET", P .. "f"))
+      r:call("SET", P .. "e", 1e15)
+      assert.equals("1000000000000000", r:call("GET", P .. "e"))
+    end)
+
+    it("round-trips 1 MB values and binary values with NUL bytes", function()
+      local big = string.rep("0123456789abcdef", 65536)
+      assert.equals(1024 * 1024, #big)
+      assert.equals("OK", r:call("SET", P .. "big", big))
+      assert.equals(big, r:call("GET", P .. "big"))
+      local bin = "a\0b\r\n\0\255\1" .. string.rep("\0", 100)
+      r:call("SET", P .. "bin", bin)
+      assert.equals(bin, r:call("GET", P .. "bin"))
+      assert.equals(#bin, r:call("STRLEN", P .. "bin"))
+      local res = r:pipeline({ { "SET", P .. "big2", big }, { "GET", P .. "big2" }, { "GET", P .. "bin" } })
+      assert.equals(big, res[2])
+      assert.equals(bin, res[3])
+    end)
+
+    it("raises on arguments that are not strings or numbers, and outside a task", function()
+      assert.has_error(function() r:call("SET", P .. "x", true) end)
+      assert.has_error(function() r:call("SET", P .. "x", {}) end)
+      assert.has_error(function() r:call() end)
+      assert.has_error(function() r:pipeline({}) end)
+      assert.has_error(function() r:pipeline({ { "GET", P .. "x" }, "GET" }) end)
+      local co = coroutine.wrap(function() return pcall(r.call, r, "PING") end)
+      local ok, err = co()
+      assert.is_false(ok)
+      assert.matches("nested coroutine", err, 1, true)
+      assert.equals("PONG", r:call("PING")) -- the connection is still in step
+    end)
+  end)
+
+  describe("pipelining", function()
+    it("pipelines the commands of 200 concurrent tasks: exact count, fewer writes than commands", function()
+      local before = r:stats()
+      local results = {}
+      local done = 0
+      for i = 1, 200 do
+        nuvion.spawn(function()
+          results[i] = r:call("INCR", P .. "counter")
+          done = done + 1
+        end)
+      end
+      local deadline = nuvion.monotonic_ms() + 10000
+      while done < 200 and nuvion.monotonic_ms() < deadline do nuvion.sleep(1) end
+      assert.equals(200, done)
+      assert.equals("200", r:call("GET", P .. "counter"))
+      local seen = {}
+      for i = 1, 200 do seen[results[i]] = true end
+      for v = 1, 200 do assert.is_true(seen[v], "missing INCR result " .. v) end
+      local after = r:stats()
+      local commands = after.commands - before.commands
+      local writes = after.writes - before.writes
+      assert.is_true(commands >= 201)
+      assert.is_true(writes * 4 < commands, ("%d writes for %d commands"):format(writes, commands))
+    end)
+
+    it("runs an explicit pipeline in one write, errors and nils in place", function()
+      local before = r:stats()
+      local res = r:pipeline({
+        { "SET", P .. "pa", "1" }, { "INCR", P .. "pa" }, { "GET", P .. "pa" },
+        { "GET", P .. "pnone" }, { "LPUSH", P .. "pa", "x" }, { "MULTI" }, { "INCR", P .. "pa" },
+        { "EXEC" },
+      })
+      assert.equals(8, #res)
+      assert.equals("OK", res[1])
+      assert.equals(2, res[2])
+      assert.equals("2", res[3])
+      assert.equals(redis.null, res[4])
+      assert.is_true(redis.is_error(res[5]))
+      assert.matches("^WRONGTYPE", res[5].err)
+      assert.equals("QUEUED", res[7])
+      assert.same({ 3 }, res[8])
+      assert.equals(1, r:stats().writes - before.writes)
+    end)
+
+    it("refuses commands beyond the pending bound", function()
+      local big = {}
+      for i = 1, redis.limits.pipeline_max do big[i] = { "PING" } end
+      -- three tasks that start in the same turn of the loop: 3 x 10000 > 16384
+      local out, done = {}, 0
+      for i = 1, 3 do
+        nuvion.spawn(function()
+          out[i] = { r:pipeline(big) }
+          done = done + 1
+        end)
+      end
+      local deadline = nuvion.monotonic_ms() + 10000
+      while done < 3 and nuvion.monotonic_ms() < deadline do nuvion.sleep(5) end
+      local served, refused = 0, 0
+      for i = 1, 3 do
+        if out[i][1] then
+          assert.equals(redis.limits.pipeline_max, #out[i][1])
+          served = served + 1
+        else
+          assert.equals(redis.ERR_TOO_MANY_PENDING, out[i][2])
+          refused = refused + 1
+        end
+      end
+      assert.is_true(served >= 1 and refused >= 1)
+      assert.equals("PONG", r:call("PING"))
+    end)
+  end)
+
+  describe("scripts", function()
+    it("caches the SHA-1, falls back to EVAL on NOSCRIPT after SCRIPT FLUSH", function()
+      local srv = start_redis()
+      local ok, err = pcall(function()
+        local own = assert(redis.connect(srv.url))
+        local src = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+        assert.equals(5, own:eval_script(src, { "k" }, { 5 }))
+        assert.equals(1, own:call("SCRIPT", "EXISTS", redis.script(src).sha)[1])
+        assert.equals("OK", own:call("SCRIPT", "FLUSH"))
+        assert.equals(0, own:call("SCRIPT", "EXISTS", redis.script(src).sha)[1])
+        assert.equals(12, own:eval_script(src, { "k" }, { 7 }))     -- NOSCRIPT, then EVAL
+        assert.equals(1, own:call("SCRIPT", "EXISTS", redis.script(src).sha)[1])
+        local script = redis.script(src)
+        assert.equals(13, script:eval(own, { "k" }, { 1 }))
+        assert.equals(string.lower(script.sha), script.sha)
+        assert.equals("e0e1f9fabfc9d4800c877a703b823ac0578ff8db", redis.script("return 1").sha)
+        local res, serr = own:eval_script("return redis.call('NOPE')", {}, {})
+        assert.is_nil(res)
+        assert.matches("Unknown Redis command", serr, 1, true)
+        own:close()
+      end)
+      stop_redis(srv)
+      assert(ok, err)
+    end)
+  end)
+
+  describe("blocking commands", function()
+    it("run on a connection of their own while other commands keep flowing", function()
+      local got, t_done
+      local t0 = nuvion.monotonic_ms()
+      nuvion.spawn(function()
+        got = r:blocking("BZPOPMIN", P .. "z", 5)
+        t_done = nuvion.monotonic_ms()
+      end)
+      nuvion.sleep(20)
+      for i = 1, 50 do assert.equals("OK", r:call("SET", P .. "flow" .. i, i)) end
+      assert.is_nil(got)
+      assert.is_true(nuvion.monotonic_ms() - t0 < 1000)
+      assert.equals(1, r:stats().blocking_conns)
+      r:call("ZADD", P .. "z", 7, "member")
+      local deadline = nuvion.monotonic_ms() + 5000
+      while not got and nuvion.monotonic_ms() < deadline do nuvion.sleep(2) end
+      assert.same({ P .. "z", "member", "7" }, got)
+      assert.is_true(t_done - t0 < 2000)
+      assert.equals(1, r:stats().blocking_idle)
+    end)
+
+    it("return nil when their own timeout passes, and refuse non-blocking commands", function()
+      local t0 = nuvion.monotonic_ms()
+      assert.is_nil(r:blocking("BLPOP", P .. "empty", 0.2))
+      assert.is_true(nuvion.monotonic_ms() - t0 >= 150)
+      assert.is_nil(r:blocking("XREAD", "BLOCK", 100, "STREAMS", P .. "stream", "$"))
+      assert.has_error(function() r:blocking("GET", P .. "x") end)
+      assert.has_error(function() r:blocking("XREAD", "STREAMS", P .. "stream", "$") end)
+    end)
+  end)
+
+  describe("timeouts and failures", function()
+    it("times a command out, then the next command reconnects", function()
+      local short = assert(redis.connect(URL, { timeout_ms = 200 }))
+      local t0 = nuvion.monotonic_ms()
+      local res, err = short:call("BLPOP", P .. "never", 3)
+      local took = nuvion.monotonic_ms() - t0
+      assert.is_nil(res)
+      assert.equals(redis.ERR_TIMEOUT, err)
+      assert.is_true(took >= 190 and took < 1500, "took " .. took)
+      assert.equals("PONG", short:call("PING"))
+      assert.equals("PONG", short:call_timeout(1000, "PING"))
+      short:close()
+    end)
+
+    it("fails a command in flight when Redis dies, and reconnects after its restart", function()
+      local srv = start_redis()
+      local ok, err = pcall(function()
+        local own = assert(redis.connect(srv.url))
+        assert.equals("OK", own:call("SET", "k", "1"))
+        local res, rerr, finished = false, nil, false
+        nuvion.spawn(function()
+          res, rerr = own:call_timeout(0, "BLPOP", "list", 30)
+          finished = true
+        end)
+        nuvion.sleep(50)
+        srv.proc:kill("KILL")
+        srv.proc:wait(5000)
+        local deadline = nuvion.monotonic_ms() + 5000
+        while not finished and nuvion.monotonic_ms() < deadline do nuvion.sleep(5) end
+        assert.is_true(finished, "the command in flight hung")
+        assert.is_nil(res)
+        assert.equals(redis.ERR_CONNECTION_LOST, rerr)
+        local down, derr = own:call("PING")
+        assert.is_nil(down)
+        assert.matches("^connect", derr)
+        srv = start_redis(srv.port)
+        assert.equals("PONG", own:call("PING"))
+        assert.is_true(own:stats().connects >= 2)
+        own:close()
+      end)
+      stop_redis(srv)
+      assert(ok, err)
+    end)
+
+    it("drops a reply larger than the bound with an error, not an OOM", function()
+      local srv = start_redis()
+      local ok, err = pcall(function()
+        local own = assert(redis.connect(srv.url))
+        own:call("SETRANGE", "huge", redis.limits.reply_bytes_max, "x")
+        local res, herr = own:call("GET", "huge")
+        assert.is_nil(res)
+        assert.matches("reply exceeds", herr, 1, true)
+        assert.equals(1, own:call("EXISTS", "huge"))
+        own:close()
+      end)
+      stop_redis(srv)
+      assert(ok, err)
+    end)
+
+    it("fails waiting commands with 'connection closed' on close", function()
+      local own = assert(redis.connect(URL, { timeout_ms = 0 }))
+      local res, err = false, nil
+      nuvion.spawn(function() res, err = own:call("BLPOP", P .. "never2", 5) end)
+      nuvion.sleep(30)
+      own:close()
+      nuvion.sleep(5)
+      assert.is_nil(res)
+      assert.equals(redis.ERR_CONNECTION_CLOSED, err)
+    end)
+
+    it("reports an unreachable server", function()
+      local res, err = redis.connect("redis://127.0.0.1:" .. free_port() .. "/0")
+      assert.is_nil(res)
+      assert.matches("^connect: ", err)
+    end)
+  end)
+
+  describe("connecting", function()
+    it("authenticates with the URL's password, selects its database, never leaks the password", function()
+      local srv = start_redis(nil, { "--requirepass", "s3cr3t-pw" })
+      local ok, err = pcall(function()
+        local url = "redis://:s3cr3t-pw@127.0.0.1:" .. srv.port .. "/3"
+        local own = assert(redis.connect(url))
+        assert.equals("OK", own:call("SET", "in3", "yes"))
+        local db0 = assert(redis.connect("redis://default:s3cr3t-pw@127.0.0.1:" .. srv.port .. "/0"))
+        assert.is_nil(db0:call("GET", "in3"))
+        assert.equals("yes", own:call("GET", "in3"))
+        assert.equals(1, db0:call("SELECT", 3) == "OK" and db0:call("EXISTS", "in3"))
+        db0:close() -- it moved to database 3 by hand: do not leave it cached
+        local bad, berr = redis.connect("redis://:wrong@127.0.0.1:" .. srv.port .. "/0")
+        assert.is_nil(bad)
+        assert.matches("WRONGPASS", berr, 1, true)
+        assert.is_nil(berr:find("wrong@", 1, true))
+        local none, nerr = redis.connect(srv.url)
+        assert.is_nil(none)
+        assert.matches("NOAUTH", nerr, 1, true)
+        own:close()
+      end)
+      stop_redis(srv)
+      assert(ok, err)
+    end)
+
+    it("parses URLs", function()
+      local cfg = redis.parse_url("rediss://user:p%40ss@cache.example.com:6380/2?ca_file=/x/ca.pem")
+      assert.same({ tls = true, username = "user", password = "p@ss", host = "cache.example.com",
+                    port = 6380, db = 2, ca_file = "/x/ca.pem" }, cfg)
+      cfg = redis.parse_url("redis://h:pw@[::1]:7000?ssl_cert_reqs=none")
+      assert.same({ tls = false, password = "pw", host = "::1", port = 7000, verify = false }, cfg)
+      assert.same({ tls = false, host = "localhost", port = 6379 }, redis.parse_url("redis://localhost"))
+      assert.is_nil(redis.parse_url("http://x"))
+      assert.is_nil(redis.parse_url("redis://x/notadb"))
+      assert.has_error(function() redis.connect(nil) end)
+    end)
+
+    it("checks that Redis does not evict keys", function()
+      assert.is_true(r:check_noeviction())
+      local srv = start_redis(nil, { "--maxmemory-policy", "allkeys-lru" })
+      local ok, err = pcall(function()
+        local own = assert(redis.connect(srv.url))
+        local res, eerr = own:check_noeviction()
+        assert.is_nil(res)
+        assert.matches("allkeys-lru", eerr, 1, true)
+        own:close()
+      end)
+      stop_redis(srv)
+      assert(ok, err)
+    end)
+  end)
+
+  describe("TLS (rediss://)", function()
+    local dir, srv
+
+    lazy_setup(function()
+      dir = "/tmp/nuvion-spec30-" .. nuvion.random_hex(6)
+      run({ "mkdir", "-p", dir })
+      local ext = assert(io.open(dir .. "/ext.cnf", "w"))
+      ext:write("subjectAltName=DNS:localhost\n")
+      ext:close()
+      local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes" }
+      local function req(args)
+        local argv = { "openssl", "req" }
+        for _, a in ipairs(ec) do argv[#argv + 1] = a end
+        for _, a in ipairs(args) do argv[#argv + 1] = a end
+        run(argv)
+      end
+      req({ "-x509", "-days", "2", "-subj", "/CN=Spec CA", "-keyout", dir .. "/ca.key", "-out", dir .. "/ca.crt" })
+      req({ "-x509", "-days", "2", "-subj", "/CN=Other CA", "-keyout", dir .. "/other.key",
+            "-out", dir .. "/other.crt" })
+      req({ "-subj", "/CN=localhost", "-keyout", dir .. "/server.key", "-out", dir .. "/server.csr" })
+      run({ "openssl", "x509", "-req", "-in", dir .. "/server.csr", "-CA", dir .. "/ca.crt", "-CAkey",
+            dir .. "/ca.key", "-CAcreateserial", "-days", "2", "-extfile", dir .. "/ext.cnf",
+            "-out", dir .. "/server.crt" })
+      srv = start_redis(nil, { "--tls-cert-file", dir .. "/server.crt", "--tls-key-file", dir .. "/server.key",
+                               "--tls-ca-cert-file", dir .. "/ca.crt", "--tls-auth-clients", "no" }, true)
+    end)
+
+    lazy_teardown(function()
+      stop_redis(srv)
+      if dir then run({ "rm", "-rf", dir }) end
+    end)
+
+    it("connects with the CA file and verifies the server's name", function()
+      local own, err = redis.connect("rediss://localhost:" .. srv.port .. "/0", { ca_file = dir .. "/ca.crt" })
+      assert(own, err)
+      assert.equals("OK", own:call("SET", "k", "over tls"))
+      assert.equals("over tls", own:call("GET", "k"))
+      local big = string.rep("t", 1024 * 1024)
+      assert.equals("OK", own:call("SET", "big", big))
+      assert.equals(big, own:call("GET", "big"))
+      own:close()
+      -- the CA file from the URL
+      own = assert(redis.connect("rediss://localhost:" .. srv.port .. "/0?ca_file=" .. dir .. "/ca.crt"))
+      assert.equals("PONG", own:call("PING"))
+      own:close()
+    end)
+
+    it("fails with a verification error under the wrong CA", function()
+      local own, err = redis.connect("rediss://localhost:" .. srv.port .. "/0", { ca_file = dir .. "/other.crt" })
+      assert.is_nil(own)
+      assert.matches("^tls: certificate verify failed", err)
+    end)
+
+    it("fails when the certificate does not name the host", function()
+      local own, err = redis.connect("rediss://127.0.0.1:" .. srv.port .. "/0", { ca_file = dir .. "/ca.crt" })
+      assert.is_nil(own)
+      assert.matches("^tls: certificate verify failed: IP address mismatch", err)
+    end)
+
+    it("skips verification only when asked", function()
+      local own, err = redis.connect("rediss://127.0.0.1:" .. srv.port .. "/0?ssl_cert_reqs=none",
+                                     { ca_file = dir .. "/other.crt" })
+      assert(own, err)
+      assert.equals("PONG", own:call("PING"))
+      own:close()
+    end)
+
+    it("refuses a missing CA file", function()
+      local own, err = redis.connect("rediss://localhost:" .. srv.port .. "/0", { ca_file = dir .. "/nope.crt" })
+      assert.is_nil(own)
+      assert.matches("cannot load the CA file", err, 1, true)
+    end)
+  end)
+end)
