@@ -49,9 +49,9 @@ struct hc_conn {
 
 typedef enum hc_phase {
     HC_DNS = 1,       /* waiting for evdns */
-    HC_CONNECT,       /* TCP connect (and the TLS handshake of a direct https request) */
+    HC_CONNECT,       /* TCP connect, to the origin or the proxy */
     HC_PROXY,         /* CONNECT sent to the proxy, waiting for its answer */
-    HC_TLS,           /* TLS handshake inside the tunnel */
+    HC_TLS,           /* TLS handshake (over TCP, or inside the tunnel) */
     HC_HEAD,          /* request sent (or being sent), reading the response head */
     HC_BODY,          /* reading the body */
     HC_DONE,
@@ -81,7 +81,7 @@ struct hc_req {
     struct sockaddr_storage addr;
     socklen_t addr_len;
     hc_conn *conn;
-    int proxy_fd;             /* the tunnel's socket before TLS takes it over, or -1 */
+    int raw_fd;               /* our socket until TLS or the tunnel takes it over, or -1 */
     size_t max_header_bytes, max_body_bytes;
     char *head;               /* copy of the response head; h points into it */
     nv_http_response_head h;
@@ -274,9 +274,9 @@ static void conn_drop(hc_req *r) {
         conn_free(r->conn);
         r->conn = NULL;
     }
-    if (r->proxy_fd >= 0) {
-        close(r->proxy_fd);
-        r->proxy_fd = -1;
+    if (r->raw_fd >= 0) {
+        close(r->raw_fd);
+        r->raw_fd = -1;
     }
 }
 
@@ -293,7 +293,7 @@ static void req_release(hc_req *r, int keep_conn) {
         event_free(r->timer);
         r->timer = NULL;
     }
-    if (keep_conn && r->conn != NULL && r->proxy_fd < 0) {
+    if (keep_conn && r->conn != NULL && r->raw_fd < 0) {
         pool_put(r->conn);
         r->conn = NULL;
     }
@@ -550,7 +550,10 @@ static int try_retry(hc_req *r) {
     return 1;
 }
 
+static void upgrade(hc_req *r);
+
 static void connected(hc_req *r) {
+    if (r->phase == HC_CONNECT && r->raw_fd >= 0 && r->proxy_host[0] == '\0') return upgrade(r);
     if (r->phase == HC_CONNECT && r->proxy_host[0] != '\0') {
         char line[HC_KEY_BYTES + 64];
         int n = snprintf(line, sizeof line, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", r->host, r->port,
@@ -572,7 +575,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
     if (r->phase == HC_HEAD && try_retry(r)) return;
     char why[HC_ERR_BYTES];
     if (r->phase == HC_CONNECT || r->phase == HC_TLS) {
-        if ((what & BEV_EVENT_EOF) && r->tls) return req_finish(r, 0, "connection closed during the TLS handshake");
+        if ((what & BEV_EVENT_EOF) && r->phase == HC_TLS) return req_finish(r, 0, "connection closed during the TLS handshake");
         failure_text(r, bev, (what & BEV_EVENT_EOF) ? ECONNRESET : e, why, sizeof why);
         return req_finish(r, 0, "%s", why);
     }
@@ -607,6 +610,33 @@ static void req_send(hc_req *r) {
         req_finish(r, 0, "cannot write the request");
 }
 
+/* The TCP connection (direct, or the proxy's tunnel) is up on r->raw_fd: hand the socket to the
+ * bufferevent that speaks the request, TLS or plain. */
+static void upgrade(hc_req *r) {
+    struct event_base *base = nv_rt_get()->base;
+    struct bufferevent *bev;
+    SSL *ssl = NULL;
+    if (r->tls) {
+        ssl = ssl_new(r);
+        if (ssl == NULL) return req_finish(r, 0, "cannot create a TLS session");
+        bev = bufferevent_openssl_socket_new(base, r->raw_fd, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    } else {
+        bev = bufferevent_socket_new(base, r->raw_fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return req_finish(r, 0, "out of memory");
+    }
+    bufferevent_free(r->conn->bev); /* made without BEV_OPT_CLOSE_ON_FREE: the socket stays */
+    r->conn->bev = bev;
+    r->raw_fd = -1; /* the new bufferevent owns it */
+    if (!r->tls) return req_send(r);
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    r->phase = HC_TLS;
+    bufferevent_setcb(bev, read_cb, NULL, event_cb, r);
+    if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) req_finish(r, 0, "cannot start the TLS handshake");
+}
+
 /* The proxy answered the CONNECT: on 2xx the socket becomes the tunnel. */
 static void proxy_answer(hc_req *r, struct evbuffer *in) {
     size_t avail = evbuffer_get_length(in);
@@ -618,52 +648,20 @@ static void proxy_answer(hc_req *r, struct evbuffer *in) {
     if (rc != NV_OK) return req_finish(r, 0, "proxy: bad CONNECT answer");
     if (h->status < 200 || h->status > 299) return req_finish(r, 0, "proxy refused CONNECT: %d", h->status);
     if (avail != h->head_bytes) return req_finish(r, 0, "proxy: data after the CONNECT answer");
-    struct event_base *base = nv_rt_get()->base;
-    int fd = r->proxy_fd;
-    bufferevent_free(r->conn->bev); /* made without BEV_OPT_CLOSE_ON_FREE: the socket stays */
-    r->conn->bev = NULL;
-    struct bufferevent *bev;
-    if (r->tls) {
-        SSL *ssl = ssl_new(r);
-        if (ssl == NULL) return req_finish(r, 0, "cannot create a TLS session");
-        bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-        if (bev == NULL) SSL_free(ssl);
-    } else {
-        bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    }
-    if (bev == NULL) {
-        free(r->conn);
-        r->conn = NULL;
-        return req_finish(r, 0, "out of memory");
-    }
-    r->proxy_fd = -1; /* the new bufferevent owns it */
-    r->conn->bev = bev;
-    if (!r->tls) return req_send(r);
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    r->phase = HC_TLS;
-    bufferevent_setcb(bev, read_cb, NULL, event_cb, r);
-    if (bufferevent_enable(bev, EV_READ | EV_WRITE) != 0) req_finish(r, 0, "cannot start the TLS handshake");
+    upgrade(r);
 }
 
+/* A plain bufferevent over a socket of our own when TLS or a proxy will take the socket over
+ * once TCP is up (so a refused connect reads "connection refused", not a TLS failure); else a
+ * bufferevent that owns its socket. */
 static struct bufferevent *bev_for(hc_req *r) {
     struct event_base *base = nv_rt_get()->base;
-    if (r->proxy_host[0] != '\0') {
-        int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) return NULL;
-        struct bufferevent *bev = bufferevent_socket_new(base, fd, 0);
-        if (bev == NULL) close(fd);
-        else r->proxy_fd = fd;
-        return bev;
-    }
-    if (!r->tls) return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    SSL *ssl = ssl_new(r);
-    if (ssl == NULL) return NULL;
-    struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
-        SSL_free(ssl);
-        return NULL;
-    }
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    if (!r->tls && r->proxy_host[0] == '\0') return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    int fd = socket(r->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return NULL;
+    struct bufferevent *bev = bufferevent_socket_new(base, fd, 0);
+    if (bev == NULL) close(fd);
+    else r->raw_fd = fd;
     return bev;
 }
 
@@ -850,7 +848,7 @@ static int hc_request(lua_State *L) {
     hc_req *r = lua_newuserdata(L, sizeof *r);
     memset(r, 0, sizeof *r);
     r->released = 1; /* nothing to release until it is live */
-    r->proxy_fd = -1;
+    r->raw_fd = -1;
     r->ref = LUA_NOREF;
     luaL_getmetatable(L, HC_REQ_MT);
     lua_setmetatable(L, -2);

@@ -31,12 +31,12 @@ for _, decl in ipairs({
 local AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC = 2, 1, 2048, 524288
 local SOL_SOCKET, SO_REUSEADDR, EAGAIN = 1, 2, 11
 local TMP = "/tmp/nuvion-http-client-spec-" .. nuvion.context().pid
--- Raw connections end after this much silence, so a connection our client keeps in its pool
--- does not keep a handler task alive past the test that made it.
-local RAW_IDLE_MS = 300
+-- Raw connections poll at this period whether their server was stopped: a connection our client
+-- keeps in its pool ends with the test that made it, however slow the machine.
+local RAW_POLL_MS = 100
 
 -- A listening socket on 127.0.0.1 and a free port.
-local function listen()
+local function listen(backlog)
   local fd = C.socket(AF_INET, bit.bor(SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC), 0)
   assert(fd >= 0, "socket")
   C.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, ffi.new("int[1]", 1), 4)
@@ -44,7 +44,7 @@ local function listen()
   addr.sin_family = AF_INET
   addr.sin_addr = 0x0100007f -- 127.0.0.1, network order on little-endian
   assert(C.bind(fd, addr, ffi.sizeof(addr)) == 0, "bind")
-  assert(C.listen(fd, 64) == 0, "listen")
+  assert(C.listen(fd, backlog or 64) == 0, "listen")
   local len = ffi.new("uint32_t[1]", ffi.sizeof(addr))
   assert(C.getsockname(fd, addr, len) == 0)
   local port = bit.bor(bit.rshift(addr.sin_port, 8), bit.lshift(bit.band(addr.sin_port, 0xff), 8))
@@ -63,10 +63,10 @@ local function raw_server(handler)
         srv.accepts = srv.accepts + 1
         local sock = socket.tcp()
         sock.fd = cfd
-        sock:settimeout(RAW_IDLE_MS)
+        sock:settimeout(RAW_POLL_MS)
         srv.live = srv.live + 1
         nuvion.spawn(function()
-          pcall(handler, sock, srv.accepts)
+          pcall(handler, sock, srv.accepts, srv)
           sock:close()
           srv.live = srv.live - 1
         end)
@@ -85,20 +85,29 @@ local function raw_server(handler)
   return srv
 end
 
+-- sock:receive / receiveany that waits as long as srv runs (socket.lua keeps partial data).
+local function receive(srv, sock, pattern, any)
+  while true do
+    local data, err
+    if any then data, err = sock:receiveany(pattern) else data, err = sock:receive(pattern) end
+    if data or err ~= "timeout" or not srv.running then return data, err end
+  end
+end
+
 -- Reads one request head (and a Content-Length body). Returns { line, headers, body } or nil.
-local function read_request(sock)
-  local line = sock:receive("*l")
+local function read_request(sock, rs)
+  local line = receive(rs, sock, "*l")
   if not line then return nil end
   local headers = {}
   while true do
-    local h = sock:receive("*l")
+    local h = receive(rs, sock, "*l")
     if not h then return nil end
     if h == "" then break end
     local k, v = h:match("^([^:]+):%s*(.-)%s*$")
     headers[k:lower()] = v
   end
   local body = ""
-  if headers["content-length"] then body = sock:receive(tonumber(headers["content-length"])) end
+  if headers["content-length"] then body = receive(rs, sock, tonumber(headers["content-length"])) end
   return { line = line, headers = headers, body = body }
 end
 
@@ -116,11 +125,24 @@ local function run(argv)
   return table.concat(out)
 end
 
+-- Copies from -> to until either side of the tunnel ends (state.done) or the server stops.
+local function pump(rs, from, to, state)
+  while not state.done do
+    local data, err = from:receiveany(65536)
+    if data then
+      if not to:send(data) then break end
+    elseif err ~= "timeout" or not rs.running then
+      break
+    end
+  end
+  state.done = true
+end
+
 -- A CONNECT proxy: records each target, answers 200 and pipes both ways; `refuse` answers 403.
 local function connect_proxy(refuse)
   local proxy = { targets = {} }
-  local srv = raw_server(function(client)
-    local req = read_request(client)
+  local srv = raw_server(function(client, _, rs)
+    local req = read_request(client, rs)
     if not req then return end
     local host, port = req.line:match("^CONNECT ([^:]+):(%d+) HTTP/1%.1$")
     proxy.targets[#proxy.targets + 1] = host and (host .. ":" .. port) or req.line
@@ -129,27 +151,18 @@ local function connect_proxy(refuse)
       return
     end
     local upstream = socket.tcp()
-    upstream:settimeout(RAW_IDLE_MS)
+    upstream:settimeout(5000)
     assert(upstream:connect(host == "localhost" and "127.0.0.1" or host, tonumber(port)))
+    upstream:settimeout(RAW_POLL_MS)
     client:send("HTTP/1.1 200 Connection established\r\n\r\n")
-    local done, pumping = false, true
+    local state = { done = false, pumping = true }
     nuvion.spawn(function()
-      while not done do
-        local data = upstream:receiveany(65536)
-        if not data then break end
-        if not client:send(data) then break end
-      end
-      done = true
+      pump(rs, upstream, client, state)
       client:shutdown_write()
-      pumping = false
+      state.pumping = false
     end)
-    while not done do
-      local data = client:receiveany(65536)
-      if not data then break end
-      if not upstream:send(data) then break end
-    end
-    done = true
-    while pumping do nuvion.sleep(5) end
+    pump(rs, client, upstream, state)
+    while state.pumping do nuvion.sleep(5) end
     upstream:close()
   end)
   proxy.port, proxy.stop = srv.port, srv.stop
@@ -275,6 +288,12 @@ describe("http client", function()
       assert.equals("localhost:" .. srv.port, got.host)
     end)
 
+    it("works inside a server's handler, which frees its pool when the worker exits", function()
+      local res = assert(http.request({ url = base .. "/fetch?url=" .. base .. "/hello" }))
+      assert.equals(200, res.status)
+      assert.same({ status = 200, body = '{"ok":true}' }, json.decode(res.body))
+    end)
+
     it("resolves localhost through evdns", function()
       local res = assert(http.request({ url = "http://localhost:" .. srv.port .. "/hello" }))
       assert.equals(200, res.status)
@@ -299,6 +318,22 @@ describe("http client", function()
                                       headers = { Authorization = "Bearer sk_live_secret" }, body = "card=4242" })
       assert.is_nil(res)
       assert.equals(http.ERR_REFUSED, err)
+    end)
+
+    it("says \"connect timeout\" when the connection is not accepted in time", function()
+      -- A backlog of 0 holds one pending connection; the kernel drops the next SYNs.
+      local fd, port = listen(0)
+      local filler = socket.tcp()
+      filler:settimeout(500)
+      filler:connect("127.0.0.1", port)
+      local t0 = nuvion.monotonic_ms()
+      local res, err = http.request({ url = "http://127.0.0.1:" .. port .. "/", connect_timeout = 300,
+                                      timeout = 5000 })
+      assert.is_nil(res)
+      assert.equals(http.ERR_CONNECT_TIMEOUT, err)
+      assert.is_true(nuvion.monotonic_ms() - t0 < 2000)
+      filler:close()
+      C.close(fd)
     end)
 
     it("fails an unresolvable name within the timeout", function()
@@ -333,8 +368,8 @@ describe("http client", function()
 
   describe("against a raw server", function()
     it("decodes a chunked body and reuses the connection after it", function()
-      local raw = raw_server(function(sock)
-        while read_request(sock) do
+      local raw = raw_server(function(sock, _, rs)
+        while read_request(sock, rs) do
           sock:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n" ..
                     "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n")
         end
@@ -353,9 +388,9 @@ describe("http client", function()
     end)
 
     it("reads no body for HEAD and 304 whatever their headers say", function()
-      local raw = raw_server(function(sock)
+      local raw = raw_server(function(sock, _, rs)
         while true do
-          local req = read_request(sock)
+          local req = read_request(sock, rs)
           if not req then return end
           if req.line:match("^HEAD") then
             sock:send("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
@@ -377,8 +412,8 @@ describe("http client", function()
     end)
 
     it("reads a close-delimited HTTP/1.0 body and joins repeated headers", function()
-      local raw = raw_server(function(sock)
-        read_request(sock)
+      local raw = raw_server(function(sock, _, rs)
+        read_request(sock, rs)
         sock:send("HTTP/1.0 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nuntil the end")
       end)
       local res = assert(http.request({ url = "http://127.0.0.1:" .. raw.port .. "/" }))
@@ -388,8 +423,8 @@ describe("http client", function()
     end)
 
     it("skips a 100 Continue before the answer", function()
-      local raw = raw_server(function(sock)
-        read_request(sock)
+      local raw = raw_server(function(sock, _, rs)
+        read_request(sock, rs)
         sock:send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
       end)
       local res = assert(http.request({ method = "POST", body = "x", url = "http://127.0.0.1:" .. raw.port .. "/" }))
@@ -399,8 +434,8 @@ describe("http client", function()
     end)
 
     it("refuses a malformed answer and a body cut short", function()
-      local raw = raw_server(function(sock, n)
-        read_request(sock)
+      local raw = raw_server(function(sock, n, rs)
+        read_request(sock, rs)
         if n == 1 then sock:send("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
         else sock:send("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello") end
       end)
@@ -417,10 +452,10 @@ describe("http client", function()
     -- The server answers the first request of each connection, then closes the connection when
     -- the second arrives, as a server whose keep-alive timer fired just then would.
     local function closing_server()
-      return raw_server(function(sock)
-        if not read_request(sock) then return end
+      return raw_server(function(sock, _, rs)
+        if not read_request(sock, rs) then return end
         sock:send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        read_request(sock)
+        read_request(sock, rs)
       end)
     end
 
