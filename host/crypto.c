@@ -253,10 +253,12 @@ int nv_ffi_crypto_aes256gcm_encrypt(const char *key, size_t key_len, const char 
                                     const char *aad, size_t aad_len, const char *in, size_t len,
                                     unsigned char *out, const char **err)
 {
-    EVP_CIPHER_CTX *c = cr.gcm_ctx;
+    EVP_CIPHER_CTX *c;
     int n = 0;
     if (gcm_check(key_len, nonce_len, aad_len, len, err) != NV_OK) return NV_CRYPTO_ERROR;
     if (len > NV_CRYPTO_AEAD_BYTES_MAX) return *err = ERR_TOO_LONG, NV_CRYPTO_ERROR;
+    /* Reused, not reset: the key schedule of the last call stays in it until
+     * the next one (a reset per call frees and reallocates its state). */
     c = cr.gcm_ctx;
     /* 12 bytes is GCM's default IV length: no EVP_CTRL_GCM_SET_IVLEN needed. */
     if (EVP_EncryptInit_ex2(c, cr.gcm, (const unsigned char *)key, (const unsigned char *)nonce, NULL) != 1 ||

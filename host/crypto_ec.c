@@ -93,7 +93,7 @@ static EVP_PKEY *p256_from_priv(const char *priv, size_t priv_len, const char **
         pkey = NULL;
 err:
     EVP_PKEY_CTX_free(c);
-    OSSL_PARAM_free(params); /* the BN was copied into it: OSSL_PARAM_clear_free would be stronger */
+    OSSL_PARAM_free(params); /* d is a secure BN: the builder copied it into secure memory, cleared here */
     OSSL_PARAM_BLD_free(b);
     BN_clear_free(d);
     return pkey;

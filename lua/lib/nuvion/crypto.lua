@@ -20,7 +20,7 @@ local ffi = require "ffi"
 local crypto_c = require "nuvion.crypto_c"
 
 local C = ffi.C
-local ffi_new, ffi_string, ffi_cast = ffi.new, ffi.string, ffi.cast
+local ffi_new, ffi_string, ffi_cast, ffi_fill = ffi.new, ffi.string, ffi.cast, ffi.fill
 local type, error, tonumber, setmetatable, pairs, assert = type, error, tonumber, setmetatable, pairs, assert
 local byte, sub, find, format, gmatch, upper = string.byte, string.sub, string.find, string.format, string.gmatch,
   string.upper
@@ -116,12 +116,21 @@ local lenp = ffi_new("size_t[1]")
 local scratch, scratch_cap = ffi_new("unsigned char[?]", 4096), 4096
 
 local function buffer(n)
+  n = ceil(n)
   if n <= scratch_cap then return scratch end
   if n > SCRATCH_KEEP_BYTES then return ffi_new("unsigned char[?]", n) end
   local cap = scratch_cap
   while cap < n do cap = cap * 2 end
   scratch, scratch_cap = ffi_new("unsigned char[?]", cap), cap
   return scratch
+end
+
+-- Secrets (random keys, plaintexts, decoded keys) do not stay in the shared
+-- buffer after the call that made them.
+local function take_secret(buf, n)
+  local s = ffi_string(buf, n)
+  ffi_fill(buf, n)
+  return s
 end
 
 local function last_error()
@@ -185,7 +194,7 @@ function _M.random(n)
   end
   local buf = buffer(n)
   if C.nv_ffi_crypto_random(buf, n, errp) ~= OK then return nil, last_error() end
-  return ffi_string(buf, n)
+  return take_secret(buf, n)
 end
 
 -- ---- hex, base64, base64url (RFC 4648) ----------------------------------------
@@ -201,7 +210,7 @@ function _M.hex_decode(s)
   check_string(s, "input")
   local buf = buffer(#s / 2 + 1)
   if C.nv_ffi_crypto_hex_decode(s, #s, buf, lenp, errp) ~= OK then return nil, last_error() end
-  return ffi_string(buf, lenp[0])
+  return take_secret(buf, lenp[0])
 end
 
 local function b64_encode(s, url)
@@ -214,7 +223,7 @@ local function b64_decode(s, url)
   check_string(s, "input", 3)
   local buf = buffer(ceil(#s / 4) * 3 + 3)
   if C.nv_ffi_crypto_b64_decode(s, #s, buf, lenp, url, errp) ~= OK then return nil, last_error() end
-  return ffi_string(buf, lenp[0])
+  return take_secret(buf, lenp[0])
 end
 
 -- Standard alphabet, with padding, strict: no whitespace, no missing or extra
@@ -257,7 +266,7 @@ function _M.aes_gcm_decrypt(key, nonce, sealed, aad)
                                        errp) ~= OK then
     return nil, last_error()
   end
-  return ffi_string(buf, n - GCM_TAG_BYTES)
+  return take_secret(buf, n - GCM_TAG_BYTES)
 end
 
 -- ---- signatures ----------------------------------------------------------------
