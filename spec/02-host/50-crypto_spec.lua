@@ -557,6 +557,16 @@ describe("crypto envelope encryption", function()
     end
   end)
 
+  it("rejects a token whose wrapped data key comes from another token", function()
+    local kr = assert(crypto.keyring({ k1 = K1 }, "k1"))
+    local a, b = kr:encrypt("alice"), kr:encrypt("bob")
+    local wa = a:match("^[^.]+%.[^.]+%.([^.]+)")
+    local mixed = b:gsub("^([^.]+%.[^.]+%.)[^.]+", "%1" .. wa)
+    local v, err = kr:decrypt(mixed)
+    assert.is_nil(v)
+    assert.equals(crypto.ERR_AUTH, err)
+  end)
+
   it("rejects the wrong aad and the wrong master key", function()
     local kr = assert(crypto.keyring({ k1 = K1 }, "k1"))
     local token = kr:encrypt("4111111111111111", "cards.pan:card_1")
