@@ -84,6 +84,12 @@ local _M = {
   ERR_SIGNATURE_MISMATCH = "signature mismatch",
   ERR_AUTH = "authentication failed",
   ERR_KEY_LENGTH = "invalid key length",
+  ERR_PUBLIC_KEY = "invalid public key",
+  ERR_PRIVATE_KEY = "invalid private key",
+  ERR_SIGNATURE_LENGTH = "invalid signature length",
+  ERR_HASH_LENGTH = "invalid hash length (want 32 bytes)",
+  ERR_RECOVERY_ID = "invalid recovery id (v)",
+  ERR_TOO_LONG = "input too long",
   ERR_NONCE_LENGTH = "invalid nonce length",
   ERR_HEX = "invalid hex",
   ERR_BASE64 = "invalid base64",
@@ -244,7 +250,7 @@ function _M.aes_gcm_encrypt(key, nonce, plaintext, aad)
   check_string(plaintext, "plaintext")
   check_opt_string(aad, "aad")
   local n = #plaintext
-  if n > AEAD_BYTES_MAX then return nil, "input too long" end
+  if n > AEAD_BYTES_MAX then return nil, _M.ERR_TOO_LONG end
   local buf = buffer(n + GCM_TAG_BYTES)
   if C.nv_ffi_crypto_aes256gcm_encrypt(key, #key, nonce, #nonce, aad, aad and #aad or 0, plaintext, n, buf,
                                        errp) ~= OK then
@@ -261,6 +267,7 @@ function _M.aes_gcm_decrypt(key, nonce, sealed, aad)
   check_string(sealed, "ciphertext")
   check_opt_string(aad, "aad")
   local n = #sealed
+  if n > AEAD_BYTES_MAX + GCM_TAG_BYTES then return nil, _M.ERR_TOO_LONG end
   local buf = buffer(n)
   if C.nv_ffi_crypto_aes256gcm_decrypt(key, #key, nonce, #nonce, aad, aad and #aad or 0, sealed, n, buf,
                                        errp) ~= OK then
@@ -406,7 +413,7 @@ end
 function _M.eth_address(pub)
   check_string(pub, "public key")
   if #pub == 65 and byte(pub, 1) == 4 then pub = sub(pub, 2)
-  elseif #pub ~= 64 then return nil, "invalid public key" end
+  elseif #pub ~= 64 then return nil, _M.ERR_PUBLIC_KEY end
   return sub(_M.keccak256(pub), 13)
 end
 
