@@ -341,6 +341,30 @@ describe("nuvion.redis", function()
       assert.equals(redis.ERR_CONNECTION_CLOSED, err)
     end)
 
+    it("resolves host names on the loop (evdns, /etc/hosts) and reports names that do not resolve", function()
+      local port = URL:match(":(%d+)/")
+      -- a name other than localhost that /etc/hosts gives 127.0.0.1 (the machine's own, usually)
+      local name
+      local f = io.open("/etc/hosts")
+      if f then
+        for line in f:lines() do
+          local ip, names = line:match("^%s*(127%.0%.0%.1)%s+(.+)$")
+          for n in (ip and names or ""):gmatch("%S+") do
+            if n ~= "localhost" and not name and not n:find("^#") then name = n end
+          end
+        end
+        f:close()
+      end
+      if name then
+        local byname = assert(redis.connect("redis://" .. name .. ":" .. port .. "/0"))
+        assert.equals("PONG", byname:call("PING"))
+        byname:close()
+      end
+      local res, err = redis.connect("redis://no-such-host.invalid:" .. port .. "/0", { connect_timeout_ms = 3000 })
+      assert.is_nil(res)
+      assert.is_truthy(err:find("^connect: cannot resolve no%-such%-host%.invalid") or err == "connect timeout", err)
+    end)
+
     it("reports an unreachable server", function()
       local res, err = redis.connect("redis://127.0.0.1:" .. free_port() .. "/0")
       assert.is_nil(res)
