@@ -97,8 +97,6 @@ local _M = {
   ERR_ENVELOPE_VERSION = "unsupported envelope version",
   ERR_UNKNOWN_KEY_ID = "unknown master key id",
   ERR_UNWRAP = "data key authentication failed",
-  ERR_MASTER_KEYS = "NUVION_MASTER_KEYS is not set",
-  ERR_MASTER_KEY_ID = "NUVION_MASTER_KEY_ID is not set",
 }
 
 -- Limits live in host/nv_limits.h; the C module hands them over.
