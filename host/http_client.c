@@ -524,6 +524,7 @@ static void failure_text(hc_req *r, struct bufferevent *bev, int e, char *out, s
         long vr = SSL_get_verify_result(ssl);
         if (r->verify && vr != X509_V_OK) {
             snprintf(out, n, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+            ERR_clear_error(); /* the queue is per thread: leave nothing for the next OpenSSL caller */
             return;
         }
         unsigned long oe = bufferevent_get_openssl_error(bev);

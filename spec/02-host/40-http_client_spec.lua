@@ -85,11 +85,10 @@ local function raw_server(handler)
   return srv
 end
 
--- sock:receive / receiveany that waits as long as srv runs (socket.lua keeps partial data).
-local function receive(srv, sock, pattern, any)
+-- sock:receive that waits as long as srv runs (socket.lua keeps partial data on a timeout).
+local function receive(srv, sock, pattern)
   while true do
-    local data, err
-    if any then data, err = sock:receiveany(pattern) else data, err = sock:receive(pattern) end
+    local data, err = sock:receive(pattern)
     if data or err ~= "timeout" or not srv.running then return data, err end
   end
 end
@@ -548,6 +547,7 @@ describe("http client", function()
                                       ca_file = TMP .. "/ca.pem" })
       assert.is_nil(res)
       assert.matches("^certificate verify failed: .*mismatch", err)
+      assert.equals(1, err:find(http.ERR_CERT, 1, true))
     end)
 
     it("skips verification only when verify = false", function()
