@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "nv_limits.h"
@@ -71,6 +72,9 @@ typedef struct rd_fifo {
 typedef struct rd_cfg {
     int refs;
     char host[NV_REDIS_HOST_BYTES_MAX + 1];
+    char tls_name[NV_REDIS_HOST_BYTES_MAX + 1]; /* the name the certificate must carry: host
+                                                    unless opts.server_name says otherwise */
+    int tls_name_is_ip;        /* tls_name is an address: matched against IP SANs, no SNI */
     int port;
     int db;
     char *username;            /* NULL: AUTH password alone */
@@ -81,7 +85,6 @@ typedef struct rd_cfg {
     struct sockaddr_storage addr; /* when the host is a literal address (or localhost) */
     socklen_t addr_len;        /* 0: resolve host with evdns */
     int has_dns;               /* holds a reference to the worker's resolver */
-    int host_is_ip;
     int64_t connect_timeout_ms;
     int64_t timeout_ms;        /* per command; 0: none */
 } rd_cfg;
@@ -156,7 +159,8 @@ static void rd_cfg_addr(rd_cfg *cfg) {
         a6->sin6_port = htons((uint16_t)cfg->port);
         cfg->addr_len = sizeof *a6;
     }
-    cfg->host_is_ip = cfg->addr_len != 0 && h == cfg->host;
+    unsigned char buf[sizeof(struct in6_addr)];
+    cfg->tls_name_is_ip = inet_pton(AF_INET, cfg->tls_name, buf) == 1 || inet_pton(AF_INET6, cfg->tls_name, buf) == 1;
 }
 
 static int rd_cfg_tls(rd_cfg *cfg, const char *ca_file, char *err, size_t err_len) {
@@ -582,9 +586,10 @@ static SSL *rd_ssl_new(rd_cfg *cfg) {
     SSL *ssl = SSL_new(cfg->ssl_ctx);
     if (ssl == NULL) return NULL;
     if (!cfg->verify) return ssl;
-    int ok = cfg->host_is_ip
-                 ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), cfg->host) == 1
-                 : SSL_set1_host(ssl, cfg->host) == 1 && SSL_set_tlsext_host_name(ssl, cfg->host) == 1;
+    const char *name = cfg->tls_name;
+    int ok = cfg->tls_name_is_ip
+                 ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1
+                 : SSL_set1_host(ssl, name) == 1 && SSL_set_tlsext_host_name(ssl, name) == 1;
     if (!ok) {
         SSL_free(ssl);
         return NULL;
@@ -657,8 +662,26 @@ typedef struct rd_args {
     char nums[NV_REDIS_ARGS_INLINE][32];
 } rd_args;
 
+/* Commands that change the state of the connection they run on. Other tasks'
+ * commands share it (automatic pipelining), so these are refused: MULTI ...
+ * EXEC goes in one explicit pipeline, whose commands are written together. */
+static const char *const rd_refused_any[] = {
+    "SELECT", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+    "MONITOR", "QUIT", "RESET", "HELLO", "AUTH", NULL,
+};
+static const char *const rd_refused_call[] = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", NULL};
+
+static const char *rd_refused(const char *name, size_t len, int in_pipeline) {
+    for (const char *const *p = rd_refused_any; *p != NULL; p++)
+        if (strlen(*p) == len && strncasecmp(*p, name, len) == 0) return *p;
+    for (const char *const *p = rd_refused_call; !in_pipeline && *p != NULL; p++)
+        if (strlen(*p) == len && strncasecmp(*p, name, len) == 0) return *p;
+    return NULL;
+}
+
 /* Checks that every value of t[1..n] (or the stack from idx on when t == 0) is
- * a string or a number; raises otherwise. Returns the count. */
+ * a string or a number, and that the command keeps the connection's state;
+ * raises otherwise. Returns the count. */
 static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_no) {
     if (n < 1) luaL_error(L, "redis: a command needs at least its name");
     if (n > NV_REDIS_ARGS_MAX) luaL_error(L, "redis: more than %d arguments", NV_REDIS_ARGS_MAX);
@@ -679,6 +702,14 @@ static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_
                        lua_typename(L, type));
         }
     }
+    if (table_idx != 0) lua_rawgeti(L, table_idx, 1);
+    size_t len = 0;
+    const char *name = lua_tolstring(L, table_idx != 0 ? -1 : first, &len);
+    const char *refused = name != NULL && len <= 12 ? rd_refused(name, len, cmd_no > 0) : NULL;
+    if (refused != NULL)
+        luaL_error(L, "redis: %s would change the state of a shared connection%s", refused,
+                   cmd_no > 0 ? "" : " (MULTI ... EXEC go in one r:pipeline)");
+    if (table_idx != 0) lua_pop(L, 1);
     return n;
 }
 
@@ -908,7 +939,7 @@ static int rd_lua_clone(lua_State *L) {
 /* The options of c.new, read (and checked: a bad one raises) before anything
  * is allocated. The strings belong to the options table. */
 typedef struct rd_opts {
-    const char *host, *username, *password, *ca_file;
+    const char *host, *username, *password, *ca_file, *server_name;
     int port, db, tls, verify;
     int64_t connect_timeout_ms, timeout_ms;
 } rd_opts;
@@ -927,10 +958,15 @@ static void rd_opts_read(lua_State *L, rd_opts *o) {
     o->username = rd_opt_str(L, 1, "username");
     o->password = rd_opt_str(L, 1, "password");
     o->ca_file = rd_opt_str(L, 1, "ca_file");
+    o->server_name = rd_opt_str(L, 1, "server_name");
+    if (o->server_name != NULL && (o->server_name[0] == '\0' || strlen(o->server_name) > NV_REDIS_HOST_BYTES_MAX))
+        luaL_error(L, "redis: server_name must be a name or address of 1 to %d bytes", NV_REDIS_HOST_BYTES_MAX);
 }
 
 static int rd_cfg_fill(rd_cfg *cfg, const rd_opts *o, char *err, size_t err_len) {
     memcpy(cfg->host, o->host, strlen(o->host) + 1);
+    const char *tls_name = o->server_name != NULL ? o->server_name : o->host;
+    memcpy(cfg->tls_name, tls_name, strlen(tls_name) + 1);
     cfg->port = o->port, cfg->db = o->db, cfg->tls = o->tls, cfg->verify = o->verify;
     cfg->connect_timeout_ms = o->connect_timeout_ms, cfg->timeout_ms = o->timeout_ms;
     if (o->username != NULL && o->username[0] != '\0' && (cfg->username = strdup(o->username)) == NULL)

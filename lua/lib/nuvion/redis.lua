@@ -86,6 +86,8 @@ local function parse_url(url)
     v = unescape(v)
     if k == "ca_file" then
       cfg.ca_file = v
+    elseif k == "server_name" then
+      cfg.server_name = v
     elseif k == "ssl_cert_reqs" or k == "verify" then
       cfg.verify = not (v == "none" or v == "false" or v == "0")
     end
@@ -95,7 +97,8 @@ end
 
 -- ---- client ----
 
-local OPT_KEYS = { "timeout_ms", "connect_timeout_ms", "ca_file", "verify", "username", "password", "db" }
+local OPT_KEYS = { "timeout_ms", "connect_timeout_ms", "ca_file", "verify", "server_name", "username", "password",
+                   "db" }
 
 local function cache_key(url, opts)
   local parts = { url }
@@ -124,7 +127,8 @@ end
 -- the first connection fails (bad password, TLS verification, unreachable).
 -- opts: timeout_ms (per command, default 5000; 0: none), connect_timeout_ms,
 -- ca_file, verify (false skips TLS verification: only for a provider whose
--- certificate cannot be verified), username, password, db.
+-- certificate cannot be verified), server_name (the name the certificate must
+-- carry, when it is not the URL's host), username, password, db.
 function _M.connect(url, opts)
   if type(url) ~= "string" or url == "" then error("redis.connect: url must be a non-empty string", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("redis.connect: opts must be a table", 2) end
