@@ -309,6 +309,33 @@ describe("http client", function()
     end)
   end)
 
+  describe("when a worker exits with a request in flight", function()
+    it("frees the request, its connection and the pool (checked under ASan)", function()
+      local silent = raw_server(function(sock, _, rs)
+        read_request(sock, rs)
+        receive(rs, sock, "*l") -- never answers; ends when the server stops
+      end)
+      local short = helpers.start_server({ app = helpers.apps .. "/http_client",
+                                           env = { NUVION_SHUTDOWN_GRACE_MS = "200" } })
+      local short_base = "http://127.0.0.1:" .. short.port
+      -- a pooled connection too: the worker's pool must be freed at exit
+      assert(http.request({ url = short_base .. "/fetch?url=" .. short_base .. "/hello" }))
+      local outcome
+      nuvion.spawn(function()
+        outcome = { http.request({ url = short_base .. "/fetch?url=http://127.0.0.1:" .. silent.port .. "/" }) }
+      end)
+      local deadline = nuvion.monotonic_ms() + 5000
+      while silent.accepts == 0 and nuvion.monotonic_ms() < deadline do nuvion.sleep(10) end
+      assert.equals(1, silent.accepts)
+      local how, code = short:stop() -- raises on a sanitizer report from the server
+      assert.equals("exit", how)
+      assert.equals(0, code)
+      while outcome == nil and nuvion.monotonic_ms() < deadline do nuvion.sleep(10) end
+      assert.is_nil(outcome[1])
+      silent.stop()
+    end)
+  end)
+
   describe("errors", function()
     it("says \"connection refused\" and never echoes a secret", function()
       local fd, port = listen()
