@@ -772,26 +772,26 @@ static uint64_t rd_deadline(lua_State *L, rd_conn *c, int idx) {
     return ms == 0 ? 0 : nv_rt_now_us() + (uint64_t)ms * 1000;
 }
 
+/* An expected failure of call or pipeline: nil, err to the caller. */
+static int rd_submit_fail(lua_State *L, rd_conn *c, struct evbuffer *cmds, const char *err) {
+    evbuffer_free(cmds);
+    rd_unpin_if_idle(c);
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
 /* Common tail of call and pipeline: connect if needed, queue the bytes and
- * the waiter, yield. `cmds` is freed here. */
+ * the waiter, yield. `cmds` is freed here. The pin comes first: it is the one
+ * step that may raise (out of memory), and nothing is queued yet. */
 static int rd_submit(lua_State *L, rd_conn *c, nv_task *t, struct evbuffer *cmds, uint32_t count,
                      rd_kind kind, uint64_t deadline) {
     char err[512];
-    if (c->pending + count > NV_REDIS_PENDING_MAX) {
-        evbuffer_free(cmds);
-        lua_pushnil(L);
-        lua_pushliteral(L, "too many pending commands");
-        return 2;
-    }
+    rd_pin(c, L, 1);
+    if (c->pending + count > NV_REDIS_PENDING_MAX) return rd_submit_fail(L, c, cmds, "too many pending commands");
+    if (c->state == RD_DOWN && rd_open(c, err, sizeof err) != NV_OK) return rd_submit_fail(L, c, cmds, err);
     redisReply **replies = malloc(sizeof *replies * count);
-    if (replies == NULL || (c->state == RD_DOWN && rd_open(c, err, sizeof err) != NV_OK)) {
-        if (replies == NULL) snprintf(err, sizeof err, "out of memory");
-        free(replies);
-        evbuffer_free(cmds);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
+    if (replies == NULL) return rd_submit_fail(L, c, cmds, "out of memory");
     rd_waiter *w = rd_fifo_push(&c->fifo);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) == 0) c->n_writes++;
@@ -799,11 +799,10 @@ static int rd_submit(lua_State *L, rd_conn *c, nv_task *t, struct evbuffer *cmds
         /* Part of a command may be queued: the connection cannot be trusted. */
         if (w != NULL) c->fifo.len--;
         free(replies);
-        evbuffer_free(cmds);
+        c->depth++;
         rd_drop(c, "connection lost", 0);
-        lua_pushnil(L);
-        lua_pushliteral(L, "out of memory queueing a command");
-        return 2;
+        c->depth--;
+        return rd_submit_fail(L, c, cmds, "out of memory queueing a command");
     }
     evbuffer_free(cmds);
     w->task = t;
@@ -813,7 +812,6 @@ static int rd_submit(lua_State *L, rd_conn *c, nv_task *t, struct evbuffer *cmds
     w->deadline_us = deadline;
     c->pending += count;
     c->n_commands += count;
-    rd_pin(c, L, 1);
     rd_arm_timer(c, deadline);
     return nv_task_yield(L);
 }

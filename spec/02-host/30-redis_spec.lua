@@ -6,6 +6,7 @@ local redis = require "nuvion.redis"
 local nuvion = require "nuvion"
 local process = require "nuvion.process"
 local socket = require "nuvion.socket"
+local helpers = require "spec.helpers"
 
 local URL = os.getenv("NUVION_TEST_REDIS_URL")
 local P = "spec30:" .. nuvion.random_hex(4) .. ":"
@@ -509,6 +510,66 @@ describe("nuvion.redis", function()
       local own, err = redis.connect("rediss://localhost:" .. srv.port .. "/0", { ca_file = dir .. "/nope.crt" })
       assert.is_nil(own)
       assert.matches("cannot load the CA file", err, 1, true)
+    end)
+  end)
+  describe("in a served app", function()
+    local dir
+
+    lazy_setup(function()
+      dir = "/tmp/nuvion-spec30-app-" .. nuvion.random_hex(6)
+      run({ "mkdir", "-p", dir })
+      local f = assert(io.open(dir .. "/init.lua", "w"))
+      f:write([[
+local router = require "nuvion.router"
+local redis = require "nuvion.redis"
+local r = assert(redis.connect(os.getenv("REDIS_URL")))
+assert(r:check_noeviction())
+local app = router.new()
+app:get("/incr", function()
+  local n, err = r:call("INCR", os.getenv("SPEC_KEY"))
+  if not n then return 500, { err = err } end
+  return 200, { n = n }
+end)
+app:get("/pop", function()
+  local v, err = r:blocking("BLPOP", os.getenv("SPEC_KEY") .. ":list", 0.2)
+  return 200, { v = v, err = err }
+end)
+return app
+]])
+      f:close()
+    end)
+
+    lazy_teardown(function()
+      if dir then run({ "rm", "-rf", dir }) end
+    end)
+
+    it("serves requests from every worker through reloads, and closes its connections with the state", function()
+      local key = P .. "served"
+      local srv = helpers.start_server({ app = dir, workers = 2, env = { REDIS_URL = URL, SPEC_KEY = key,
+                                                                          NUVION_ACCESS_LOG = "0" } })
+      local ok, err = pcall(function()
+        local total, failures = 0, 0
+        for round = 1, 3 do
+          local results = helpers.parallel(60, function(i)
+            local res = helpers.request(srv.port, { path = i % 10 == 0 and "/pop" or "/incr" })
+            return res and res.status
+          end)
+          for _, status in ipairs(results) do
+            total = total + 1
+            if status ~= 200 then failures = failures + 1 end
+          end
+          if round < 3 then srv:signal("HUP") end
+        end
+        assert.equals(0, failures)
+        assert.equals(tostring(total - total / 10), r:call("GET", key))
+        assert.is_truthy(srv:wait_log({ msg = "generation 3 serving" }, 10000, 2))
+        -- the retired states closed, and their clients' connections with them (__gc)
+        assert.is_truthy(srv:wait_log({ msg = "generation 2 closed" }, 10000, 2))
+      end)
+      local how, code = srv:stop()
+      assert(ok, err)
+      assert.equals("exit", how)
+      assert.equals(0, code)
     end)
   end)
 end)
