@@ -408,9 +408,13 @@ static size_t body_reserve(hc_req *r, size_t more) {
     return want - r->body_len;
 }
 
+/* Reusable only when both directions are at a message boundary: nothing unread after the body,
+ * and nothing of the request left unsent (a server may answer early, say 413, mid-upload). */
 static void body_done(hc_req *r) {
     struct evbuffer *in = bufferevent_get_input(r->conn->bev);
-    r->reusable = r->h.keep_alive && r->kind != NV_HTTP_BODY_CLOSE && evbuffer_get_length(in) == 0;
+    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    r->reusable = r->h.keep_alive && r->kind != NV_HTTP_BODY_CLOSE && evbuffer_get_length(in) == 0 &&
+                  evbuffer_get_length(out) == 0;
     req_finish(r, 1, NULL);
 }
 
@@ -466,9 +470,13 @@ static int read_body(hc_req *r, struct evbuffer *in) {
         if (n == 0) return NV_AGAIN;
         const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
         if (p == NULL) return NV_ERR;
-        size_t room = body_reserve(r, n); /* decoded bytes never outnumber raw ones */
+        /* One call writes at most the n raw bytes it reads, so room for n is all the memory it
+         * needs; out_max is the limit itself, since the decoder judges each chunk-size line
+         * against it before the chunk's bytes arrive. */
+        size_t room = body_reserve(r, n);
+        if (room < n && r->body_len + room < r->max_body_bytes) return NV_ERR;
         size_t used = 0;
-        int rc = nv_http_chunked_feed(&r->chunked, p, n, &used, r->body, r->body_len + room, &r->body_len);
+        int rc = nv_http_chunked_feed(&r->chunked, p, n, &used, r->body, r->max_body_bytes, &r->body_len);
         evbuffer_drain(in, used);
         if (rc == NV_HTTP_CHUNKED_TOO_LARGE) return NV_HTTP_RESPONSE_TOO_LARGE;
         if (rc != NV_OK && rc != NV_AGAIN) return NV_HTTP_RESPONSE_BAD;

@@ -413,6 +413,31 @@ describe("http client", function()
       raw.stop()
     end)
 
+    it("reads a head and a chunked body that arrive in small pieces", function()
+      local answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                     "a\r\n0123456789\r\n10\r\nabcdefghijklmnop\r\n0\r\n\r\n"
+      local raw = raw_server(function(sock, _, rs)
+        read_request(sock, rs)
+        for i = 1, #answer, 7 do
+          sock:send(answer:sub(i, i + 6))
+          nuvion.sleep(1)
+        end
+      end)
+      local res = assert(http.request({ url = "http://127.0.0.1:" .. raw.port .. "/" }))
+      assert.equals("0123456789abcdefghijklmnop", res.body)
+      raw.stop()
+    end)
+
+    it("sends and receives a megabyte", function()
+      local big = string.rep("0123456789abcdef", 65536)
+      local res = assert(http.request({ method = "POST", url = base .. "/echo", body = big,
+                                        headers = { ["Content-Type"] = "text/plain" } }))
+      assert.equals(200, res.status)
+      assert.equals(big, json.decode(res.body).body)
+      res = assert(http.request({ url = base .. "/big?bytes=" .. #big }))
+      assert.equals(#big, #res.body)
+    end)
+
     it("reads no body for HEAD and 304 whatever their headers say", function()
       local raw = raw_server(function(sock, _, rs)
         while true do
