@@ -118,6 +118,8 @@
                                                       16 KB halves the throughput of pipelines) */
 #define NV_REDIS_WRITE_BYTES_MAX (256 * 1024)      /* bytes written per write callback */
 #define NV_REDIS_READ_CHUNKS_MAX 64                /* buffer chunks fed to the reader per callback */
+#define NV_REDIS_FEED_BYTES (16 * 1024)            /* bytes fed to hiredis's reader at once: it moves
+                                                      its unread bytes down after every KB of replies */
 #define NV_REDIS_CONNECT_TIMEOUT_MS_DEFAULT 5000   /* DNS + TCP + TLS + AUTH/SELECT */
 #define NV_REDIS_TIMEOUT_MS_DEFAULT 5000           /* per command; a request has 15 s in all */
 #define NV_REDIS_TIMEOUT_MS_MAX 3600000            /* an hour: longer waits belong in a queue */

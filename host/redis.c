@@ -480,12 +480,39 @@ static void rd_reply(rd_conn *c, redisReply *r) {
     rd_deliver(c, &done);
 }
 
+/* Feeds one slice to the reader and hands out every reply it completes.
+ * Returns NV_ERR when the connection was dropped (by an error or by a woken
+ * task): c->bev and c->reader are then gone or new. */
+static int rd_feed(rd_conn *c, const char *data, size_t len) {
+    uint64_t epoch = c->epoch;
+    if (redisReaderFeed(c->reader, data, len) != REDIS_OK) {
+        rd_drop(c, "out of memory reading a reply", 0);
+        return NV_ERR;
+    }
+    c->fed_bytes += len;
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+            char err[192];
+            snprintf(err, sizeof err, "protocol error: %s", c->reader->errstr);
+            rd_drop(c, err, 0);
+            return NV_ERR;
+        }
+        if (reply == NULL) return NV_OK;
+        c->reply_start = c->fed_bytes - (c->reader->len - c->reader->pos);
+        rd_reply(c, reply);
+        if (c->epoch != epoch) return NV_ERR;
+    }
+}
+
+/* Reads what arrived, in slices of NV_REDIS_FEED_BYTES: hiredis 0.14 moves its
+ * unread buffer down after every KB of replies, so a small buffer keeps that
+ * copy small. A reply past NV_REDIS_REPLY_BYTES_MAX drops the connection. */
 static void rd_read_cb(struct bufferevent *bev, void *arg) {
     rd_conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    size_t n = evbuffer_get_length(in);
     c->depth++;
-    if (c->fed_bytes + n - c->reply_start > NV_REDIS_REPLY_BYTES_MAX) {
+    if (c->fed_bytes + evbuffer_get_length(in) - c->reply_start > NV_REDIS_REPLY_BYTES_MAX) {
         char err[128];
         snprintf(err, sizeof err, "reply exceeds %d bytes", NV_REDIS_REPLY_BYTES_MAX);
         rd_drop(c, err, 0);
@@ -494,29 +521,18 @@ static void rd_read_cb(struct bufferevent *bev, void *arg) {
     struct evbuffer_iovec v[NV_REDIS_READ_CHUNKS_MAX];
     int nv = evbuffer_peek(in, -1, NULL, v, NV_REDIS_READ_CHUNKS_MAX);
     if (nv > NV_REDIS_READ_CHUNKS_MAX) nv = NV_REDIS_READ_CHUNKS_MAX;
-    size_t fed = 0;
     for (int i = 0; i < nv; i++) {
-        if (redisReaderFeed(c->reader, v[i].iov_base, v[i].iov_len) != REDIS_OK) {
-            rd_drop(c, "out of memory reading a reply", 0);
+        const char *p = v[i].iov_base;
+        size_t left = v[i].iov_len;
+        while (left > 0) {
+            size_t n = left < NV_REDIS_FEED_BYTES ? left : NV_REDIS_FEED_BYTES;
+            if (rd_feed(c, p, n) != NV_OK) goto out; /* dropped: `in` is not ours any more */
+            p += n, left -= n;
+        }
+        if (evbuffer_drain(in, v[i].iov_len) != 0) {
+            rd_drop(c, "connection lost", 0);
             goto out;
         }
-        fed += v[i].iov_len;
-    }
-    evbuffer_drain(in, fed);
-    c->fed_bytes += fed;
-    uint64_t epoch = c->epoch;
-    for (;;) {
-        void *reply = NULL;
-        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            char err[192];
-            snprintf(err, sizeof err, "protocol error: %s", c->reader->errstr);
-            rd_drop(c, err, 0);
-            goto out;
-        }
-        if (reply == NULL) break;
-        c->reply_start = c->fed_bytes - (c->reader->len - c->reader->pos);
-        rd_reply(c, reply);
-        if (c->epoch != epoch) goto out; /* a woken task or an error dropped the connection */
     }
     /* Chunks left (more than NV_REDIS_READ_CHUNKS_MAX): read again next turn. */
     if (evbuffer_get_length(in) > 0) bufferevent_trigger(bev, EV_READ, BEV_TRIG_DEFER_CALLBACKS);
