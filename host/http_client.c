@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -712,6 +713,11 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
     int port = r->proxy_host[0] != '\0' ? r->proxy_port : r->port;
     if (result != 0 || res == NULL) {
         if (res != NULL) evutil_freeaddrinfo(res);
+        if (strcasecmp(name, "localhost") == 0) { /* RFC 6761: loopback, even without a hosts entry */
+            struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            set_addr(r, (struct sockaddr *)&lo, sizeof lo, port);
+            return req_step_connect(r);
+        }
         return req_finish(r, 0, "dns: cannot resolve %s: %s", name, evutil_gai_strerror(result));
     }
     struct evutil_addrinfo *pick = res;
