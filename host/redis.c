@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -703,13 +704,17 @@ static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_
     if (n > NV_REDIS_ARGS_MAX) luaL_error(L, "redis: more than %d arguments", NV_REDIS_ARGS_MAX);
     for (int i = 0; i < n; i++) {
         int type;
+        lua_Number x = 0;
         if (table_idx != 0) {
             lua_rawgeti(L, table_idx, i + 1);
             type = lua_type(L, -1);
+            if (type == LUA_TNUMBER) x = lua_tonumber(L, -1);
             lua_pop(L, 1);
         } else {
             type = lua_type(L, first + i);
+            if (type == LUA_TNUMBER) x = lua_tonumber(L, first + i);
         }
+        if (type == LUA_TNUMBER && !isfinite(x)) luaL_error(L, "redis: argument %d is not a finite number", i + 1);
         if (type != LUA_TSTRING && type != LUA_TNUMBER) {
             if (cmd_no > 0)
                 luaL_error(L, "redis: command %d, argument %d is a %s (strings and numbers only)", cmd_no,
@@ -732,7 +737,7 @@ static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_
 /* Integral numbers print as integers (1e15 is "1000000000000000", not "1e+15"). */
 static size_t rd_number(lua_Number x, char *buf, size_t len) {
     int n;
-    if (x == (lua_Number)(long long)x && x > -9.2e18 && x < 9.2e18) n = snprintf(buf, len, "%lld", (long long)x);
+    if (x > -9.2e18 && x < 9.2e18 && x == (lua_Number)(long long)x) n = snprintf(buf, len, "%lld", (long long)x);
     else n = snprintf(buf, len, "%.17g", x);
     return n > 0 ? (size_t)n : 0;
 }
