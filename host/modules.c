@@ -4,6 +4,7 @@
 #include "crypto.h"
 #include "http_client.h"
 #include "json.h"
+#include "pg.h"
 #include "process.h"
 #include "redis.h"
 #include "lua_core.h"
@@ -16,5 +17,6 @@ const nv_module nv_modules[] = {
     {"nuvion.crypto_c", luaopen_nuvion_crypto_c},
     {"nuvion.http_c", luaopen_nuvion_http_c},
     {"nuvion.redis_c", luaopen_nuvion_redis_c},
+    {"nuvion.pg_c", luaopen_nuvion_pg_c},
     {NULL, NULL},
 };

@@ -128,4 +128,40 @@
 #define NV_REDIS_HOST_BYTES_MAX 255                /* DNS name length (RFC 1035) */
 #define NV_REDIS_SCRIPTS_MAX 1024                  /* SHA-1s cached per client before the cache starts over */
 
+/* Postgres (pg.c): per pool, i.e. per worker and database URL; each has a pg.pool option
+ * (opts.<name>) checked against MIN and MAX, the error naming the option. */
+#define NV_PG_POOL_SIZE_DEFAULT 10                 /* connections; x WEB_CONCURRENCY x dynos must stay under the server's max_connections */
+#define NV_PG_POOL_SIZE_MIN 1
+#define NV_PG_POOL_SIZE_MAX 256
+#define NV_PG_QUEUE_DEFAULT 1000                   /* tasks waiting for a connection; one more gets "pool_queue_full" */
+#define NV_PG_QUEUE_MIN 0
+#define NV_PG_QUEUE_MAX 100000
+#define NV_PG_POOL_TIMEOUT_MS_DEFAULT 5000         /* wait for a free connection before "pool_timeout" */
+#define NV_PG_POOL_TIMEOUT_MS_MIN 1
+#define NV_PG_POOL_TIMEOUT_MS_MAX 600000
+#define NV_PG_CONNECT_TIMEOUT_MS_DEFAULT 5000      /* DNS + TCP + TLS + auth of one new connection */
+#define NV_PG_CONNECT_TIMEOUT_MS_MIN 10
+#define NV_PG_CONNECT_TIMEOUT_MS_MAX 600000
+#define NV_PG_QUERY_TIMEOUT_MS_DEFAULT 30000       /* client side: no answer by then and the connection is closed
+                                                      (the server may be unreachable); statement_timeout is the server's */
+#define NV_PG_QUERY_TIMEOUT_MS_MIN 1
+#define NV_PG_QUERY_TIMEOUT_MS_MAX 3600000
+#define NV_PG_STATEMENT_TIMEOUT_MS_DEFAULT 0       /* 0: the server's setting; else sent at connect */
+#define NV_PG_STATEMENT_TIMEOUT_MS_MAX 3600000
+#define NV_PG_RESULT_ROWS_DEFAULT 100000           /* rows of one request (all its statements) before "result_too_large" */
+#define NV_PG_RESULT_ROWS_MIN 1
+#define NV_PG_RESULT_ROWS_MAX 10000000
+#define NV_PG_RESULT_BYTES_DEFAULT (64L * 1024 * 1024) /* result text of one request: bounds the worker's memory, not only Lua's */
+#define NV_PG_RESULT_BYTES_MIN 1024
+#define NV_PG_RESULT_BYTES_MAX (1024L * 1024 * 1024)
+/* No option changes these. */
+#define NV_PG_PARAMS_MAX 65535                     /* parameters of one statement: the protocol's 16-bit count */
+#define NV_PG_PIPELINE_STATEMENTS_MAX 1000         /* statements of one pipeline */
+#define NV_PG_REQUEST_BYTES_MAX (64L * 1024 * 1024) /* SQL + parameters of one request, as sent */
+#define NV_PG_POOLS_MAX 64                         /* distinct pools (URL + options) per worker */
+#define NV_PG_STMT_CACHE_MAX 256                   /* prepared statements per connection; past it, unnamed ones */
+#define NV_PG_ROWS_PER_TURN 1024                   /* results read per readable event, so one big result cannot starve the loop */
+#define NV_PG_ERROR_BYTES 512                      /* a connection error's text, as kept for its waiter */
+#define NV_PG_RETRY_BACKOFF_MS_MAX 200             /* pool:tx retries sleep at most this long */
+
 #endif
