@@ -10,6 +10,9 @@
 -- client of the worker (one connection: the tasks' pipelines share its writes). Also at -P 1
 -- (50 tasks, one command each in flight, auto-pipelined on the shared connection), for
 -- information. Keys and values as redis-benchmark's defaults: 3-byte values, one key.
+-- The peer is Redis's own C client; the difference in shape is the design under test: nuvion's
+-- tasks share one connection (Redis reads their commands in large batches), redis-benchmark's
+-- clients have one connection each. Both rows use the same Redis, on the same loopback, in turn.
 local redis = require "nuvion.redis"
 local nuvion = require "nuvion"
 local process = require "nuvion.process"
@@ -22,6 +25,7 @@ local ROUNDS = tonumber(os.getenv("BENCH_REDIS_ROUNDS")) or 3
 local CLIENTS = 50
 local DEPTH = 16
 local GOAL = 0.7
+local PEER_TIMEOUT_MS = 20000 -- one redis-benchmark run; it takes about 1 s at -P 16, 4 s at -P 1
 local KEY = "bench:redis:key"
 local VALUE = "xxx"
 
@@ -36,12 +40,18 @@ local function peer_round(host, port, depth)
                                    "-n", tostring(OPS), "-c", tostring(CLIENTS), "-P", tostring(depth),
                                    "-q" }, { output = "pipe" }))
   local out = {}
-  while true do
+  local deadline = nuvion.monotonic_ms() + PEER_TIMEOUT_MS
+  while nuvion.monotonic_ms() < deadline do
     local data = p:read(1000)
     if data == nil then break end
     out[#out + 1] = data
   end
-  local how, code = p:wait(60000)
+  local how, code = p:wait(math.max(deadline - nuvion.monotonic_ms(), 1000))
+  if not how then -- still running: stop it (by its pid) before giving up
+    p:kill("KILL")
+    p:wait(5000)
+  end
+  p:close()
   if how ~= "exit" or code ~= 0 then die("redis-benchmark failed: " .. tostring(how) .. " " .. tostring(code)) end
   local text = table.concat(out):gsub("[^\n]*\r", "") -- progress lines end with CR
   local set = tonumber(text:match("SET: ([%d%.]+) requests per second"))
