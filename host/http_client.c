@@ -522,6 +522,8 @@ static void read_cb(struct bufferevent *bev, void *arg) {
         if (rc == NV_ERR) return req_finish(r, 0, "out of memory");
         if (evbuffer_get_length(in) == 0) return;
     }
+    /* Turns used up with bytes left: carry on next turn of the loop, after others had theirs. */
+    bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* ---- events: connected, closed, failed ---- */
@@ -592,9 +594,11 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
     if (r->phase == HC_PROXY) return req_finish(r, 0, "proxy closed the connection");
     if (what & BEV_EVENT_EOF) {
         if (r->phase == HC_BODY) {
-            /* Flush what arrived with the EOF, then judge. */
+            /* Drain what arrived with the EOF (bounded: each turn takes up to HC_PULL_BYTES), then judge. */
             struct evbuffer *in = bufferevent_get_input(bev);
             int rc = read_body(r, in);
+            for (int i = 0; rc == NV_AGAIN && evbuffer_get_length(in) > 0 && i < NV_HTTP_CLIENT_READS_PER_EVENT_MAX; i++)
+                rc = read_body(r, in);
             if (rc == NV_HTTP_RESPONSE_TOO_LARGE) return req_finish(r, 0, "response too large");
             if (r->kind == NV_HTTP_BODY_CLOSE && rc == NV_AGAIN) return body_done(r);
             if (rc == NV_OK) return body_done(r);

@@ -484,6 +484,17 @@ describe("http client", function()
       raw.stop()
     end)
 
+    it("parses more heads than one read callback takes, over several turns of the loop", function()
+      local raw = raw_server(function(sock, _, rs)
+        read_request(sock, rs)
+        sock:send(string.rep("HTTP/1.1 100 Continue\r\n\r\n", 200) ..
+                  "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+      end)
+      local res = assert(http.request({ url = "http://127.0.0.1:" .. raw.port .. "/", timeout = 2000 }))
+      assert.equals("done", res.body)
+      raw.stop()
+    end)
+
     it("refuses a malformed answer and a body cut short", function()
       local raw = raw_server(function(sock, n, rs)
         read_request(sock, rs)
