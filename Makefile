@@ -9,7 +9,7 @@ DEB_PACKAGES := build-essential pkg-config clang libclang-rt-14-dev \
 	libluajit2-5.1-dev luajit2 libevent-dev libpq-dev libhiredis-dev libyajl-dev \
 	libssl-dev libsecp256k1-dev lua-busted lua-check lua-cjson \
 	postgresql redis-server ruby-foreman nginx-light libnginx-mod-http-lua wrk \
-	curl procps openssl redis-tools postgresql-contrib util-linux passwd
+	curl procps openssl redis-tools postgresql-contrib util-linux passwd lua-filesystem
 
 PKGS := luajit libevent libevent_openssl libpq hiredis yajl openssl libsecp256k1
 

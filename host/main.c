@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "nv_limits.h"
 #include "runtime.h"
 #include "serve.h"
 
@@ -16,13 +17,24 @@ static void usage(FILE *out) {
             "usage: nuvion serve <service | path/to/app>   serve HTTP on $PORT\n"
             "       nuvion run <file.lua> [args...]         run a script on the event loop\n"
             "       nuvion spec [busted options...]         run the busted specs in the host\n"
+            "       nuvion migrate <database> | --all       apply sql/<database>/ migrations\n"
             "       nuvion version\n");
 }
 
-/* run and spec: one Lua state, one main task; the exit status is the script's. */
-static int run_script(nv_mode mode, int argc, char **argv) {
+/* run and spec: one Lua state, one main task; the exit status is the script's.
+ * builtin names a script of lua/bin/ run instead of argv[0] (argv[0] stays the
+ * command's name). */
+static int run_script(nv_mode mode, int argc, char **argv, const char *builtin) {
     nv_rt *rt = nv_rt_get();
+    static char script[NV_PATH_BYTES_MAX + 64];
     if (nv_rt_init(mode, NULL, 0) != NV_OK) return 1;
+    if (builtin != NULL) {
+        int n = snprintf(script, sizeof script, "%s/lua/bin/%s", rt->root, builtin);
+        if (n < 0 || (size_t)n >= sizeof script) return 1;
+        argv[0] = script;
+        snprintf(rt->service, sizeof rt->service, "%s", argv[-1]); /* the command: "migrate" */
+        nv_log_setup(rt->service, 0, rt->config.log_debug);
+    }
     rt->argc = argc;
     rt->argv = argv;
     int rc = 1;
@@ -55,8 +67,9 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "serve") == 0 && argc == 3) return nv_serve(argv[2]);
-    if (strcmp(cmd, "run") == 0 && argc >= 3) return run_script(NV_MODE_RUN, argc - 2, argv + 2);
-    if (strcmp(cmd, "spec") == 0) return run_script(NV_MODE_SPEC, argc - 1, argv + 1);
+    if (strcmp(cmd, "run") == 0 && argc >= 3) return run_script(NV_MODE_RUN, argc - 2, argv + 2, NULL);
+    if (strcmp(cmd, "spec") == 0) return run_script(NV_MODE_SPEC, argc - 1, argv + 1, NULL);
+    if (strcmp(cmd, "migrate") == 0) return run_script(NV_MODE_RUN, argc - 1, argv + 1, "migrate.lua");
     if (strcmp(cmd, "version") == 0) {
         printf("nuvion %s\n", NV_VERSION);
         return 0;
