@@ -81,20 +81,20 @@ local function host_header(scheme, host, port)
   return h
 end
 
--- The request head and body as bytes.
+-- The request head and body as bytes. Errors blame request()'s caller: serialize <- exchange <- request.
 local function serialize(method, scheme, host, port, target, headers, body)
   local out = { format("%s %s HTTP/1.1\r\n", method, target) }
   local seen = {}
   for name, value in pairs(headers) do
     if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
-      error("bad header name: " .. tostring(name), 3)
+      error("bad header name: " .. tostring(name), 4)
     end
     if type(value) == "number" then value = tostring(value) end
     if type(value) ~= "string" or find(value, "[\r\n%z]") then
-      error("header " .. name .. " must be a string without CR, LF or NUL", 3)
+      error("header " .. name .. " must be a string without CR, LF or NUL", 4)
     end
     local lname = lower(name)
-    if RESERVED[lname] then error("header " .. name .. " is set by nuvion.http", 3) end
+    if RESERVED[lname] then error("header " .. name .. " is set by nuvion.http", 4) end
     seen[lname] = true
     out[#out + 1] = name .. ": " .. value .. "\r\n"
   end
