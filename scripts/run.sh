@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh -- what `make run` runs: a local Postgres and one Redis per service under var/run (the
 # database is kept between runs), a database and a role per service (scripts/services.sh
-# provision), the release phase (migrations, once `bin/nuvion migrate` exists), then the six
+# provision), the release phase (migrations: bin/nuvion migrate --all), then the six
 # services under foreman, each with its own DATABASE_URL and REDIS_URL (Procfile.dev). Ctrl-C
 # stops the services, then Postgres and Redis.
 set -euo pipefail
@@ -16,9 +16,7 @@ scripts/services.sh provision "$DIR"
 # shellcheck disable=SC1091
 . "$DIR/env"
 
-if bin/nuvion help 2>/dev/null | grep -q '^ *nuvion migrate'; then
-    bin/nuvion migrate --all
-fi
+bin/nuvion migrate --all # the release phase, as the Procfile's release runs it
 
 echo "Nuvion: the six services (foreman, Procfile.dev), Ctrl-C stops them all"
 i=0
