@@ -124,6 +124,20 @@ local function run(argv)
   return table.concat(out)
 end
 
+-- One GET by spec/fixtures/http_client/fetch.lua in a child `bin/nuvion run` with env added: its output.
+local function fetch_in_child(url, env)
+  local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/http_client/fetch.lua", url },
+                                 { env = env, output = "pipe" }))
+  local out = {}
+  while true do
+    local data = p:read(10000)
+    if not data then break end
+    out[#out + 1] = data
+  end
+  p:wait(10000)
+  return table.concat(out)
+end
+
 -- Copies from -> to until either side of the tunnel ends (state.done) or the server stops.
 local function pump(rs, from, to, state)
   while not state.done do
@@ -637,6 +651,11 @@ describe("http client", function()
       assert.equals(200, res.status)
     end)
 
+    it("takes the CA file from NUVION_HTTP_CA_FILE", function()
+      local out = fetch_in_child("https://localhost:" .. tls_port .. "/", { NUVION_HTTP_CA_FILE = TMP .. "/ca.pem" })
+      assert.matches("^200 ", out)
+    end)
+
     it("reports a missing ca_file", function()
       local res, err = http.request({ url = "https://localhost:" .. tls_port .. "/", ca_file = TMP .. "/none.pem" })
       assert.is_nil(res)
@@ -671,17 +690,8 @@ describe("http client", function()
       end)
 
       it("takes the proxy from NUVION_EGRESS_PROXY", function()
-        local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/http_client/fetch.lua",
-                                         base .. "/hello" },
-                                       { env = { NUVION_EGRESS_PROXY = proxy.url }, output = "pipe" }))
-        local out = {}
-        while true do
-          local data = p:read(10000)
-          if not data then break end
-          out[#out + 1] = data
-        end
-        p:wait(10000)
-        assert.matches("200 {\"ok\":true}", table.concat(out), 1, true)
+        local out = fetch_in_child(base .. "/hello", { NUVION_EGRESS_PROXY = proxy.url })
+        assert.matches("200 {\"ok\":true}", out, 1, true)
         assert.same({ "127.0.0.1:" .. srv.port }, proxy.targets)
       end)
     end)
