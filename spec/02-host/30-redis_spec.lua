@@ -373,6 +373,33 @@ describe("nuvion.redis", function()
       assert.is_truthy(err:find("^connect: cannot resolve no%-such%-host%.invalid") or err == "connect timeout", err)
     end)
 
+    it("survives a task that closes the connection while replies are handed out", function()
+      local own = assert(redis.connect(URL, { timeout_ms = 4321 }))
+      local results, received, done = {}, 0, 0
+      for i = 1, 50 do
+        nuvion.spawn(function()
+          local v, err = own:call("PING")
+          results[i] = v or err
+          received = received + 1
+          if received == 10 then own:close() end -- the tenth task woken closes it
+          collectgarbage()
+          done = done + 1
+        end)
+      end
+      local deadline = nuvion.monotonic_ms() + 5000
+      while done < 50 and nuvion.monotonic_ms() < deadline do nuvion.sleep(2) end
+      assert.equals(50, done)
+      local pongs, closed = 0, 0
+      for i = 1, 50 do
+        if results[i] == "PONG" then pongs = pongs + 1 end
+        if results[i] == redis.ERR_CONNECTION_CLOSED then closed = closed + 1 end
+      end
+      assert.is_true(pongs >= 10)
+      assert.equals(50, pongs + closed)
+      assert.equals("PONG", own:call("PING")) -- a closed client reconnects when used again
+      own:close()
+    end)
+
     it("reports an unreachable server", function()
       local res, err = redis.connect("redis://127.0.0.1:" .. free_port() .. "/0")
       assert.is_nil(res)
