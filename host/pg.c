@@ -381,9 +381,9 @@ static void wake_with_lease(nv_pg_conn *c) {
 
 /* The connection died under its request: the task gets "connection_lost" (with the server's
  * SQLSTATE when it said why, e.g. 57P01 for pg_terminate_backend). Wakes the task. */
-static void conn_lost(nv_pg_conn *c, const char *why) {
+static void conn_lost_as(nv_pg_conn *c, const char *why, nv_pg_fail fail) {
     nv_pg_req *r = c->req;
-    r->fail = NV_PG_FAIL_LOST;
+    r->fail = fail;
     for (int i = r->nstmts - 1; i >= 0 && r->fail_code[0] == '\0'; i--) {
         const char *code = r->outs[i].res ? PQresultErrorField(r->outs[i].res, PG_DIAG_SQLSTATE) : NULL;
         const char *msg = r->outs[i].res ? PQresultErrorField(r->outs[i].res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -398,6 +398,8 @@ static void conn_lost(nv_pg_conn *c, const char *why) {
     c->state = NV_PG_CONN_DEAD;
     wake_with_lease(c);
 }
+
+static void conn_lost(nv_pg_conn *c, const char *why) { conn_lost_as(c, why, NV_PG_FAIL_LOST); }
 
 static void conn_done(nv_pg_conn *c) {
     nv_pg_req *r = c->req;
@@ -537,9 +539,11 @@ static void conn_drain(nv_pg_conn *c) {
             conn_done(c);
             return;
         }
-        if (rc < 0) {
-            conn_lost(c, c->req->outs[c->req->cur < c->req->nstmts ? c->req->cur : 0].fail ==
-                                 NV_PG_FAIL_UNSUPPORTED ? "COPY is not supported" : PQerrorMessage(c->pg));
+        if (rc < 0) { /* COPY (or a protocol surprise): the connection cannot be reused */
+            nv_pg_req *r = c->req;
+            int copy = r->cur < r->nstmts && r->outs[r->cur].fail == NV_PG_FAIL_UNSUPPORTED;
+            conn_lost_as(c, copy ? "COPY is not supported" : PQerrorMessage(c->pg),
+                         copy ? NV_PG_FAIL_UNSUPPORTED : NV_PG_FAIL_LOST);
             return;
         }
     }

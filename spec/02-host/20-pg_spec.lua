@@ -148,6 +148,13 @@ describe("nuvion.pg", function()
       assert.equals("syntax_error", err.name) -- one statement per query: no stacked queries
     end)
 
+    it("refuses COPY with unsupported_result, and the pool goes on", function()
+      local rows, err = db:query("COPY (SELECT 1) TO STDOUT")
+      assert.is_nil(rows)
+      assert.equals("unsupported_result", err.name)
+      assert.equals(1, assert(db:query("SELECT 1 AS one"))[1].one)
+    end)
+
     it("raises on a caller's bug", function()
       assert.has_error(function() db:query("SELECT $1", function() end) end)
       assert.has_error(function() db:query("SELECT $1::text", "a\0b") end)
