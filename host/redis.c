@@ -96,6 +96,7 @@ typedef struct rd_conn {
     int self_ref;              /* LUA_NOREF, or the pin while commands wait */
     int conv_ref;              /* registry: the reply converter, run under lua_pcall */
     int depth;                 /* callbacks of this connection on the C stack */
+    int blocking_ok;           /* a dedicated connection (clone(true)): blocking commands allowed */
     rd_state state;
     uint64_t epoch;            /* bumped on every drop: a callback that woke tasks checks it */
     struct bufferevent *bev;
@@ -688,6 +689,46 @@ static const char *const rd_refused_any[] = {
 };
 static const char *const rd_refused_call[] = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", NULL};
 
+/* Commands that block the connection until data comes: on the shared
+ * connection they would hold up every task's command behind them. */
+static const char *const rd_blocking[] = {
+    "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF", NULL,
+};
+
+static int rd_name_is(const char *const *list, const char *name, size_t len) {
+    for (const char *const *p = list; *p != NULL; p++)
+        if (strlen(*p) == len && strncasecmp(*p, name, len) == 0) return 1;
+    return 0;
+}
+
+/* The i-th (0-based) argument when it is a string, else NULL. */
+static const char *rd_arg_str(lua_State *L, int first, int table_idx, int i, size_t *len) {
+    const char *s = NULL;
+    if (table_idx != 0) {
+        lua_rawgeti(L, table_idx, i + 1);
+        if (lua_type(L, -1) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+        lua_pop(L, 1); /* the table keeps the string alive */
+    } else if (lua_type(L, first + i) == LUA_TSTRING) {
+        s = lua_tolstring(L, first + i, len);
+    }
+    return s;
+}
+
+/* XREAD and XREADGROUP block when given BLOCK (before STREAMS). */
+static int rd_is_blocking(lua_State *L, int first, int n, int table_idx, const char *name, size_t len) {
+    if (rd_name_is(rd_blocking, name, len)) return 1;
+    if (!((len == 5 && strncasecmp(name, "XREAD", 5) == 0) || (len == 10 && strncasecmp(name, "XREADGROUP", 10) == 0)))
+        return 0;
+    for (int i = 1; i < n; i++) {
+        size_t alen = 0;
+        const char *a = rd_arg_str(L, first, table_idx, i, &alen);
+        if (a == NULL) continue;
+        if (alen == 5 && strncasecmp(a, "BLOCK", 5) == 0) return 1;
+        if (alen == 7 && strncasecmp(a, "STREAMS", 7) == 0) return 0;
+    }
+    return 0;
+}
+
 static const char *rd_refused(const char *name, size_t len, int in_pipeline) {
     for (const char *const *p = rd_refused_any; *p != NULL; p++)
         if (strlen(*p) == len && strncasecmp(*p, name, len) == 0) return *p;
@@ -699,7 +740,7 @@ static const char *rd_refused(const char *name, size_t len, int in_pipeline) {
 /* Checks that every value of t[1..n] (or the stack from idx on when t == 0) is
  * a string or a number, and that the command keeps the connection's state;
  * raises otherwise. Returns the count. */
-static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_no) {
+static int rd_check_args(lua_State *L, rd_conn *c, int first, int n, int table_idx, int cmd_no) {
     if (n < 1) luaL_error(L, "redis: a command needs at least its name");
     if (n > NV_REDIS_ARGS_MAX) luaL_error(L, "redis: more than %d arguments", NV_REDIS_ARGS_MAX);
     for (int i = 0; i < n; i++) {
@@ -723,14 +764,15 @@ static int rd_check_args(lua_State *L, int first, int n, int table_idx, int cmd_
                        lua_typename(L, type));
         }
     }
-    if (table_idx != 0) lua_rawgeti(L, table_idx, 1);
     size_t len = 0;
-    const char *name = lua_tolstring(L, table_idx != 0 ? -1 : first, &len);
-    const char *refused = name != NULL && len <= 12 ? rd_refused(name, len, cmd_no > 0) : NULL;
+    const char *name = rd_arg_str(L, first, table_idx, 0, &len);
+    if (name == NULL) luaL_error(L, "redis: the command name must be a string");
+    const char *refused = len <= 12 ? rd_refused(name, len, cmd_no > 0) : NULL;
     if (refused != NULL)
         luaL_error(L, "redis: %s would change the state of a shared connection%s", refused,
                    cmd_no > 0 ? "" : " (MULTI ... EXEC go in one r:pipeline)");
-    if (table_idx != 0) lua_pop(L, 1);
+    if (!c->blocking_ok && rd_is_blocking(L, first, n, table_idx, name, len))
+        luaL_error(L, "redis: %s blocks the shared connection: use r:blocking()", name);
     return n;
 }
 
@@ -843,7 +885,7 @@ static int rd_lua_call(lua_State *L) {
     nv_task *t = nv_task_of(L);
     if (t == NULL) return luaL_error(L, "redis: call() must be called from a task, not a nested coroutine");
     uint64_t deadline = rd_deadline(L, c, 2);
-    int n = rd_check_args(L, 3, lua_gettop(L) - 2, 0, 0);
+    int n = rd_check_args(L, c, 3, lua_gettop(L) - 2, 0, 0);
     struct evbuffer *cmds = evbuffer_new();
     if (cmds == NULL || rd_format(L, 3, n, 0, cmds) != NV_OK) {
         if (cmds != NULL) evbuffer_free(cmds);
@@ -869,7 +911,7 @@ static int rd_lua_pipeline(lua_State *L) {
     for (int i = 1; i <= count; i++) {
         lua_rawgeti(L, 3, i);
         if (lua_type(L, -1) != LUA_TTABLE) luaL_error(L, "redis: pipeline entry %d is not a table", i);
-        rd_check_args(L, 0, (int)lua_objlen(L, -1), lua_gettop(L), i);
+        rd_check_args(L, c, 0, (int)lua_objlen(L, -1), lua_gettop(L), i);
         lua_pop(L, 1);
     }
     struct evbuffer *cmds = evbuffer_new();
@@ -949,8 +991,10 @@ static rd_conn *rd_conn_new(lua_State *L) {
 static int rd_lua_clone(lua_State *L) {
     rd_conn *c = rd_check(L);
     if (nv_rt_get()->current == NULL) return luaL_error(L, "redis: connections are made from a task");
+    int blocking_ok = lua_toboolean(L, 2);
     rd_conn *copy = rd_conn_new(L);
     copy->cfg = c->cfg;
+    copy->blocking_ok = blocking_ok;
     c->cfg->refs++;
     return 1;
 }

@@ -10,7 +10,9 @@
  *   c.new(cfg)                  -> conn | nil, err     cfg: host, port, db, username,
  *                                  password, tls, ca_file, verify, connect_timeout_ms,
  *                                  timeout_ms (no I/O: the first command connects)
- *   conn:clone()                -> a new connection with the same settings (and TLS context)
+ *   conn:clone(blocking)        -> a new connection with the same settings (and TLS context);
+ *                                  blocking: true allows blocking commands (BLPOP, XREAD BLOCK...),
+ *                                  which others refuse (they would hold up the shared connection)
  *   conn:call(timeout_ms, cmd, ...) -> reply | nil, err       (waits; timeout_ms nil: the
  *                                  connection's, 0: none)
  *   conn:pipeline(timeout_ms, { {cmd, ...}, ... }) -> { reply, ... } | nil, err   (waits)

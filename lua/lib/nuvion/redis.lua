@@ -119,7 +119,7 @@ local function new_client(url, opts)
   if cfg.ca_file == "" then cfg.ca_file = nil end
   local conn, cerr = c.new(cfg)
   if not conn then return nil, cerr end
-  return setmetatable({ conn = conn, idle = {}, blocking_n = 0, shas = {}, shas_n = 0,
+  return setmetatable({ conn = conn, idle = {}, busy = {}, blocking_n = 0, shas = {}, shas_n = 0,
                         key = nil, closed = false }, Client)
 end
 
@@ -266,12 +266,13 @@ function Client:blocking(cmd, ...)
   local conn = remove(self.idle)
   if not conn then
     if self.blocking_n >= LIMITS.blocking_conns_max then return nil, _M.ERR_TOO_MANY_BLOCKING end
-    conn = self.conn:clone()
+    conn = self.conn:clone(true)
     self.blocking_n = self.blocking_n + 1
   end
+  self.busy[conn] = true
   local res, err = conn:call(wait_ms, cmd, ...)
+  self.busy[conn] = nil
   if self.closed then -- closed while this command waited: the pool is gone
-    conn:close()
     self.blocking_n = self.blocking_n - 1
   else
     self.idle[#self.idle + 1] = conn
@@ -311,6 +312,7 @@ function Client:close()
   for _, conn in ipairs(self.idle) do conn:close() end
   self.blocking_n = self.blocking_n - #self.idle
   self.idle = {}
+  for conn in pairs(self.busy) do conn:close() end -- their commands get "connection closed"
 end
 
 _M.parse_url = parse_url
