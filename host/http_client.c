@@ -238,7 +238,8 @@ static void pool_put(hc_conn *c) {
         conn_free(c);
         return;
     }
-    struct timeval idle = {.tv_sec = NV_HTTP_CLIENT_IDLE_MS / 1000, .tv_usec = (NV_HTTP_CLIENT_IDLE_MS % 1000) * 1000};
+    struct timeval idle = {.tv_sec = NV_HTTP_CLIENT_IDLE_MS / 1000,
+                           .tv_usec = (NV_HTTP_CLIENT_IDLE_MS % 1000) * 1000};
     bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
     if (bufferevent_set_timeouts(c->bev, &idle, NULL) != 0 || bufferevent_enable(c->bev, EV_READ) != 0) {
         conn_free(c);
@@ -419,34 +420,40 @@ static void body_done(hc_req *r) {
     req_finish(r, 1, NULL);
 }
 
+/* req_finish with an error, for functions that return NV_ERR. */
+static int fail_err(hc_req *r, const char *why) {
+    req_finish(r, 0, "%s", why);
+    return NV_ERR;
+}
+
 /* Parses the head at the start of in. Returns NV_OK (body phase set up), HC_WAIT (more bytes
  * needed), NV_AGAIN (a 1xx was skipped: call again) or NV_ERR (finished with an error). */
 static int read_head(hc_req *r, struct evbuffer *in) {
     size_t avail = evbuffer_get_length(in);
     size_t n = avail < r->max_header_bytes ? avail : r->max_header_bytes;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (p == NULL && n > 0) return req_finish(r, 0, "out of memory"), NV_ERR;
+    if (p == NULL && n > 0) return fail_err(r, "out of memory");
     int rc = nv_http_response_parse(p != NULL ? p : "", n, r->max_header_bytes, &r->h);
     if (rc == NV_AGAIN) return HC_WAIT;
-    if (rc == NV_HTTP_RESPONSE_TOO_LARGE) return req_finish(r, 0, "response too large"), NV_ERR;
+    if (rc == NV_HTTP_RESPONSE_TOO_LARGE) return fail_err(r, "response too large");
     if (rc != NV_OK) return req_finish(r, 0, "bad response: %s", r->h.error), NV_ERR;
     if (r->h.status < 200) {
-        if (r->h.status == 101) return req_finish(r, 0, "bad response: unexpected 101"), NV_ERR;
+        if (r->h.status == 101) return fail_err(r, "bad response: unexpected 101");
         evbuffer_drain(in, r->h.head_bytes); /* 100 Continue and friends: the real answer follows */
         return NV_AGAIN;
     }
     size_t hb = r->h.head_bytes;
     r->head = malloc(hb);
-    if (r->head == NULL) return req_finish(r, 0, "out of memory"), NV_ERR;
-    if (evbuffer_remove(in, r->head, hb) != (int)hb) return req_finish(r, 0, "cannot read the response head"), NV_ERR;
+    if (r->head == NULL) return fail_err(r, "out of memory");
+    if (evbuffer_remove(in, r->head, hb) != (int)hb) return fail_err(r, "cannot read the response head");
     rc = nv_http_response_parse(r->head, hb, r->max_header_bytes, &r->h); /* pointers into our copy */
     nv_assert(rc == NV_OK && r->h.head_bytes == hb);
     r->kind = nv_http_response_body_kind(&r->h, r->head_request);
     r->phase = HC_BODY;
     if (r->kind == NV_HTTP_BODY_LENGTH) {
-        if ((uint64_t)r->h.content_length > r->max_body_bytes) return req_finish(r, 0, "response too large"), NV_ERR;
+        if ((uint64_t)r->h.content_length > r->max_body_bytes) return fail_err(r, "response too large");
         r->remaining = r->h.content_length;
-        if (body_reserve(r, (size_t)r->remaining) < (size_t)r->remaining) return req_finish(r, 0, "out of memory"), NV_ERR;
+        if (body_reserve(r, (size_t)r->remaining) < (size_t)r->remaining) return fail_err(r, "out of memory");
     } else if (r->kind == NV_HTTP_BODY_CHUNKED) {
         nv_http_chunked_init(&r->chunked);
     }
@@ -518,7 +525,8 @@ static void read_cb(struct bufferevent *bev, void *arg) {
             return;
         }
         if (rc == NV_HTTP_RESPONSE_TOO_LARGE) return req_finish(r, 0, "response too large");
-        if (rc == NV_HTTP_RESPONSE_BAD) return req_finish(r, 0, "bad response: %s", r->chunked.error ? r->chunked.error : "bad chunked body");
+        if (rc == NV_HTTP_RESPONSE_BAD)
+            return req_finish(r, 0, "bad response: %s", r->chunked.error ? r->chunked.error : "bad chunked body");
         if (rc == NV_ERR) return req_finish(r, 0, "out of memory");
         if (evbuffer_get_length(in) == 0) return;
     }
@@ -587,7 +595,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
     if (r->phase == HC_HEAD && try_retry(r)) return;
     char why[HC_ERR_BYTES];
     if (r->phase == HC_CONNECT || r->phase == HC_TLS) {
-        if ((what & BEV_EVENT_EOF) && r->phase == HC_TLS) return req_finish(r, 0, "connection closed during the TLS handshake");
+        if ((what & BEV_EVENT_EOF) && r->phase == HC_TLS)
+            return req_finish(r, 0, "connection closed during the TLS handshake");
         failure_text(r, bev, (what & BEV_EVENT_EOF) ? ECONNRESET : e, why, sizeof why);
         return req_finish(r, 0, "%s", why);
     }
@@ -597,8 +606,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg) {
             /* Drain what arrived with the EOF (bounded: each turn takes up to HC_PULL_BYTES), then judge. */
             struct evbuffer *in = bufferevent_get_input(bev);
             int rc = read_body(r, in);
-            for (int i = 0; rc == NV_AGAIN && evbuffer_get_length(in) > 0 && i < NV_HTTP_CLIENT_READS_PER_EVENT_MAX; i++)
+            for (int i = 0; i < NV_HTTP_CLIENT_READS_PER_EVENT_MAX; i++) {
+                if (rc != NV_AGAIN || evbuffer_get_length(in) == 0) break;
                 rc = read_body(r, in);
+            }
             if (rc == NV_HTTP_RESPONSE_TOO_LARGE) return req_finish(r, 0, "response too large");
             if (r->kind == NV_HTTP_BODY_CLOSE && rc == NV_AGAIN) return body_done(r);
             if (rc == NV_OK) return body_done(r);
@@ -633,7 +644,8 @@ static void upgrade(hc_req *r) {
     if (r->tls) {
         ssl = ssl_new(r);
         if (ssl == NULL) return req_finish(r, 0, "cannot create a TLS session");
-        bev = bufferevent_openssl_socket_new(base, r->raw_fd, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+        bev = bufferevent_openssl_socket_new(base, r->raw_fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
     } else {
         bev = bufferevent_socket_new(base, r->raw_fd, BEV_OPT_CLOSE_ON_FREE);
     }
@@ -738,7 +750,9 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
 
 static struct evdns_base *dns_base(void) {
     if (hc.dns != NULL) return hc.dns;
-    hc.dns = evdns_base_new(nv_rt_get()->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    /* DISABLE_WHEN_INACTIVE: an idle resolver must not keep the loop alive. */
+    hc.dns = evdns_base_new(nv_rt_get()->base,
+                            EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (hc.dns == NULL) return NULL;
     if (evdns_base_set_option(hc.dns, "timeout:", NV_HTTP_CLIENT_DNS_TIMEOUT_S) != 0 ||
         evdns_base_set_option(hc.dns, "attempts:", NV_HTTP_CLIENT_DNS_ATTEMPTS) != 0) {
@@ -765,7 +779,8 @@ static void req_resolve(hc_req *r) {
     }
     struct evdns_base *dns = dns_base();
     if (dns == NULL) return req_finish(r, 0, "dns: cannot start the resolver");
-    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_protocol = IPPROTO_TCP};
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                    .ai_protocol = IPPROTO_TCP};
     /* May call dns_cb before it returns (hosts file, cache): dns_cb then sets r->dns to NULL
      * and so does the return value. */
     r->dns = evdns_getaddrinfo(dns, name, NULL, &hints, dns_cb, r);
@@ -831,12 +846,14 @@ static void req_options(lua_State *L, hc_req *r) {
     copy_host(L, "proxy_host", r->proxy_host, 0);
     r->proxy_port = (int)opt_int(L, "proxy_port", 3128, 1, 65535);
     const char *data = opt_string(L, "data", &n);
-    if (data == NULL || n == 0 || n > NV_HTTP_CLIENT_REQUEST_BYTES_MAX) luaL_error(L, "data must be the request bytes");
+    if (data == NULL || n == 0 || n > NV_HTTP_CLIENT_REQUEST_BYTES_MAX)
+        luaL_error(L, "data must be the request bytes");
     r->data_len = n;
     r->head_request = opt_bool(L, "head");
     r->idempotent = opt_bool(L, "idempotent");
     r->verify = !opt_bool(L, "insecure");
-    int64_t timeout_ms = opt_int(L, "timeout_ms", NV_HTTP_CLIENT_TIMEOUT_MS_DEFAULT, 1, NV_HTTP_CLIENT_TIMEOUT_MS_MAX);
+    int64_t timeout_ms = opt_int(L, "timeout_ms", NV_HTTP_CLIENT_TIMEOUT_MS_DEFAULT, 1,
+                                 NV_HTTP_CLIENT_TIMEOUT_MS_MAX);
     int64_t connect_ms = opt_int(L, "connect_timeout_ms", NV_HTTP_CLIENT_CONNECT_TIMEOUT_MS_DEFAULT, 1,
                                  NV_HTTP_CLIENT_TIMEOUT_MS_MAX);
     r->max_body_bytes = (size_t)opt_int(L, "max_body_bytes", NV_HTTP_CLIENT_BODY_BYTES_DEFAULT, 0,
@@ -877,9 +894,11 @@ static int hc_request(lua_State *L) {
         r->ctx = ctx_get(r->verify, r->verify ? opt_string(L, "ca_file", NULL) : NULL, &why);
         if (r->ctx == NULL) return lua_pushnil(L), lua_pushstring(L, why), 2;
     }
-    if (hc.live_len >= NV_HTTP_CLIENT_REQUESTS_MAX) return lua_pushnil(L), lua_pushliteral(L, "too many requests in flight"), 2;
-    snprintf(r->key, sizeof r->key, "%s|%s|%d|%s|%d|%p", r->tls ? "https" : "http", r->host, r->port, r->proxy_host,
-             r->proxy_port, (void *)r->ctx);
+    if (hc.live_len >= NV_HTTP_CLIENT_REQUESTS_MAX)
+        return lua_pushnil(L), lua_pushliteral(L, "too many requests in flight"), 2;
+    /* The context pointer stands for verify and ca_file: one context per setting. */
+    snprintf(r->key, sizeof r->key, "%s|%s|%d|%s|%d|%p", r->tls ? "https" : "http", r->host, r->port,
+             r->proxy_host, r->proxy_port, (void *)r->ctx);
     r->data = malloc(r->data_len);
     r->timer = event_new(nv_rt_get()->base, -1, 0, timer_cb, r);
     if (r->data == NULL || r->timer == NULL) {

@@ -110,7 +110,8 @@ static int parse_header(const char *p, const char *eol, nv_http_response_head *h
 
     if (eq_nocase(hd->name, hd->name_len, "content-length")) {
         int64_t len;
-        if (!parse_length(hd->value, hd->value_len, &len)) return fail(h, NV_HTTP_RESPONSE_BAD, "bad content-length");
+        if (!parse_length(hd->value, hd->value_len, &len))
+            return fail(h, NV_HTTP_RESPONSE_BAD, "bad content-length");
         if (h->content_length >= 0 && h->content_length != len)
             return fail(h, NV_HTTP_RESPONSE_BAD, "conflicting content-length");
         h->content_length = len;

@@ -1,4 +1,5 @@
-/* fuzz_http_response.c -- libFuzzer target: the client's response-head parser on hostile bytes, checking its invariants. */
+/* fuzz_http_response.c -- libFuzzer target: the client's response-head parser on hostile bytes,
+ * checking its invariants. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
