@@ -42,6 +42,7 @@ static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void pool_conn_ready(nv_pg_pool *p, nv_pg_conn *c);
 static void pool_maybe_connect(nv_pg_pool *p);
+static nv_pg_req *wait_pop(nv_pg_pool *p);
 
 static void copy_msg(char *dst, size_t cap, const char *src) {
     snprintf(dst, cap, "%s", src != NULL && src[0] ? src : "unknown error");
@@ -609,11 +610,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         p->nconnecting--;
         conn_free(c);
         pool_maybe_connect(p);
-        nv_pg_req *r = p->wait_head;
+        nv_pg_req *r = wait_pop(p);
         if (r == NULL) return;
-        p->wait_head = r->next;
-        if (p->wait_head == NULL) p->wait_tail = NULL;
-        p->nwait--;
         nv_task *t = r->task;
         nv_pg_req_free(r);
         lua_pushinteger(t->co, 0);
@@ -728,8 +726,8 @@ static void pool_release(nv_pg_pool *p, nv_pg_conn *c) {
     nv_assert(c->state == NV_PG_CONN_LEASED || c->state == NV_PG_CONN_DEAD);
     nv_pg_req_free(c->req);
     c->req = NULL;
-    nv_buf_shrink(&c->rows, 1024 * 1024);
     c->rows.len = 0;
+    nv_buf_shrink(&c->rows, 1024 * 1024); /* a result that grew it past 1 MiB does not stay */
     if (c->state == NV_PG_CONN_LEASED && (c->broken || PQtransactionStatus(c->pg) != PQTRANS_IDLE)) {
         nv_logf(NV_LOG_WARN, "pg: connection %d to %s released %s: closing it", c->slot, p->desc,
                 c->broken ? "after a pipeline error" : "inside a transaction");

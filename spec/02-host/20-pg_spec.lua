@@ -265,6 +265,19 @@ describe("nuvion.pg", function()
       assert.equals(0, db:stats().leased)
     end)
 
+    it("fails a transaction whose connection was killed between two queries, and recovers", function()
+      local r, err = db:tx(function(tx)
+        local pid = assert(tx:query("SELECT pg_backend_pid() AS p"))[1].p
+        assert(db:query("SELECT pg_terminate_backend($1)", pid))
+        nuvion.sleep(50)
+        return tx:query("SELECT 1")
+      end)
+      assert.is_nil(r)
+      assert.equals("connection_lost", err.name)
+      assert.equals(0, db:stats().leased)
+      assert.equals(1, assert(db:query("SELECT 1 AS x"))[1].x)
+    end)
+
     it("retries a serialization failure so that both concurrent transfers land", function()
       assert(db:query("INSERT INTO " .. T .. "_acct (id, balance) VALUES (20, 1000)"))
       local attempts = { 0, 0 }
@@ -296,6 +309,17 @@ describe("nuvion.pg", function()
       assert.equals(1, res[1].affected)
       assert.equals(1, res[2].affected)
       assert.equals(12, res[3][1].balance)
+    end)
+
+    it("sends a thousand statements in one pipeline, atomic or not", function()
+      local list = {}
+      for i = 1, 1000 do list[i] = { "SELECT $1::int AS i", i } end
+      for _, atomic in ipairs({ true, false }) do
+        local res, err = db:pipeline(list, { atomic = atomic })
+        assert.is_nil(err)
+        assert.equals(1000, #res)
+        assert.equals(1000, res[1000][1].i)
+      end
     end)
 
     it("reports the failing statement; the atomic default rolls back the rest", function()
@@ -410,6 +434,22 @@ describe("nuvion.pg", function()
       assert.equals("connect_failed", err.name)
       assert.is_true(nuvion.monotonic_ms() - t0 < 2000)
       assert.is_true(ticks >= 10, "the loop was blocked")
+    end)
+
+    it("fails every waiter at once when the server refuses connections", function()
+      local dead = pg.pool("postgres://u:p@127.0.0.1:1/db", { max = 2, pool_timeout_ms = 5000 })
+      local t0 = nuvion.monotonic_ms()
+      local out = concurrently(3, function() return dead:query("SELECT 1") end)
+      for i = 1, 3 do assert.equals("connect_failed", out[i][2].name) end
+      assert.is_true(nuvion.monotonic_ms() - t0 < 2000)
+    end)
+
+    it("reads a large result over TLS in full", function()
+      local rows = assert(pg.pool(SSL_URL, { max = 1 }):query(
+        "SELECT g, md5(g::text) AS h FROM generate_series(1, 30000) g"))
+      assert.equals(30000, #rows)
+      assert.equals(30000, rows[30000].g)
+      assert.equals("c4ca4238a0b923820dcc509a6f75849b", rows[1].h)
     end)
 
     it("honours connect_timeout from the URL", function()
