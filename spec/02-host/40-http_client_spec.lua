@@ -124,6 +124,20 @@ local function run(argv)
   return table.concat(out)
 end
 
+-- Waits until something accepts TCP connections on 127.0.0.1:port (a server just started).
+local function wait_port(port)
+  local deadline = nuvion.monotonic_ms() + 5000
+  while nuvion.monotonic_ms() < deadline do
+    local s = socket.tcp()
+    s:settimeout(200)
+    local ok = s:connect("127.0.0.1", port)
+    s:close()
+    if ok then return end
+    nuvion.sleep(20)
+  end
+  error("nothing listens on port " .. port)
+end
+
 -- One GET by spec/fixtures/http_client/fetch.lua in a child `bin/nuvion run` with env added: its output.
 local function fetch_in_child(url, env)
   local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/http_client/fetch.lua", url },
@@ -601,16 +615,7 @@ describe("http client", function()
       tls_port = port
       s_server = assert(process.spawn({ "openssl", "s_server", "-quiet", "-accept", tostring(port),
         "-cert", TMP .. "/srv.pem", "-key", TMP .. "/srv.key", "-www" }, { output = "null" }))
-      -- ready when it accepts a TCP connection
-      local deadline = nuvion.monotonic_ms() + 5000
-      while nuvion.monotonic_ms() < deadline do
-        local s = socket.tcp()
-        s:settimeout(200)
-        local ok = s:connect("127.0.0.1", port)
-        s:close()
-        if ok then break end
-        nuvion.sleep(20)
-      end
+      wait_port(port)
     end)
 
     lazy_teardown(function()
@@ -657,6 +662,20 @@ describe("http client", function()
     it("takes the CA file from NUVION_HTTP_CA_FILE", function()
       local out = fetch_in_child("https://localhost:" .. tls_port .. "/", { NUVION_HTTP_CA_FILE = TMP .. "/ca.pem" })
       assert.matches("^200 ", out)
+    end)
+
+    it("refuses a server that speaks only TLS 1.1, even with verify = false", function()
+      local fd, port = listen()
+      C.close(fd)
+      local old = assert(process.spawn({ "openssl", "s_server", "-quiet", "-accept", tostring(port),
+        "-cert", TMP .. "/srv.pem", "-key", TMP .. "/srv.key", "-www", "-tls1_1",
+        "-cipher", "DEFAULT@SECLEVEL=0" }, { output = "null" }))
+      wait_port(port)
+      local res, err = http.request({ url = "https://localhost:" .. port .. "/", verify = false })
+      old:kill("TERM")
+      old:wait(5000)
+      assert.is_nil(res)
+      assert.matches("^tls handshake failed: .*protocol version", err)
     end)
 
     it("reports a missing ca_file", function()
