@@ -403,6 +403,19 @@ static void rd_drop(rd_conn *c, const char *err, int timed_out) {
     free(old.w);
 }
 
+/* rd_drop from a Lua call (close, a failed queueing): the error pushes onto
+ * the other waiters' stacks are the host's own, with the headroom over the
+ * state's memory cap that callbacks have (an allocation failing there would
+ * raise on a coroutine that has no protected frame). */
+static void rd_drop_in_lua(rd_conn *c, const char *err) {
+    int enforced = c->gen->mem_enforced;
+    c->gen->mem_enforced = 0;
+    c->depth++;
+    rd_drop(c, err, 0);
+    c->depth--;
+    c->gen->mem_enforced = enforced;
+}
+
 /* The text of a failed connect: TLS verification, TLS, DNS or socket error. */
 static void rd_connect_error(rd_conn *c, char *out, size_t out_len) {
     int dns = bufferevent_socket_get_dns_error(c->bev);
@@ -862,9 +875,7 @@ static int rd_submit(lua_State *L, rd_conn *c, nv_task *t, struct evbuffer *cmds
         /* Part of a command may be queued: the connection cannot be trusted. */
         if (w != NULL) c->fifo.len--;
         free(replies);
-        c->depth++;
-        rd_drop(c, "connection lost", 0);
-        c->depth--;
+        rd_drop_in_lua(c, "connection lost");
         return rd_submit_fail(L, c, cmds, "out of memory queueing a command");
     }
     evbuffer_free(cmds);
@@ -932,11 +943,7 @@ static int rd_lua_pipeline(lua_State *L) {
 
 static int rd_lua_close(lua_State *L) {
     rd_conn *c = rd_check(L);
-    if (c->state != RD_DOWN || c->fifo.len > 0) {
-        c->depth++;
-        rd_drop(c, "connection closed", 0);
-        c->depth--;
-    }
+    if (c->state != RD_DOWN || c->fifo.len > 0) rd_drop_in_lua(c, "connection closed");
     rd_unpin_if_idle(c);
     return 0;
 }
