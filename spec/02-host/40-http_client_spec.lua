@@ -664,6 +664,24 @@ describe("http client", function()
       assert.matches("^200 ", out)
     end)
 
+    it("sends the name as SNI: the server picks the certificate by it", function()
+      -- Without SNI this server presents the CA's own certificate, which names no host.
+      local fd, port = listen()
+      C.close(fd)
+      local sni = assert(process.spawn({ "openssl", "s_server", "-quiet", "-accept", tostring(port),
+        "-cert", TMP .. "/ca.pem", "-key", TMP .. "/ca.key", "-servername", "localhost",
+        "-cert2", TMP .. "/srv.pem", "-key2", TMP .. "/srv.key", "-www" }, { output = "null" }))
+      wait_port(port)
+      local res, err = http.request({ url = "https://localhost:" .. port .. "/", ca_file = TMP .. "/ca.pem" })
+      local res_ip, err_ip = http.request({ url = "https://127.0.0.1:" .. port .. "/", ca_file = TMP .. "/ca.pem" })
+      sni:kill("TERM")
+      sni:wait(5000)
+      assert.is_nil(err)
+      assert.equals(200, res.status)
+      assert.is_nil(res_ip) -- an IP literal is never sent as SNI (RFC 6066)
+      assert.matches("^certificate verify failed: .*mismatch", err_ip)
+    end)
+
     it("refuses a server that speaks only TLS 1.1, even with verify = false", function()
       local fd, port = listen()
       C.close(fd)
