@@ -127,6 +127,7 @@
 #define NV_REDIS_BLOCKING_MARGIN_MS 5000           /* client-side wait past a blocking command's own timeout */
 #define NV_REDIS_HOST_BYTES_MAX 255                /* DNS name length (RFC 1035) */
 #define NV_REDIS_SCRIPTS_MAX 1024                  /* SHA-1s cached per client before the cache starts over */
+#define NV_REDIS_CLIENTS_MAX 64                    /* clients (URL + options) redis.connect keeps per worker */
 
 /* Postgres (pg.c): per pool, i.e. per worker and database URL; each has a pg.pool option
  * (opts.<name>) checked against MIN and MAX, the error naming the option. */

@@ -1124,6 +1124,7 @@ int luaopen_nuvion_redis_c(lua_State *L) {
     lua_pushinteger(L, NV_REDIS_BLOCKING_CONNS_MAX), lua_setfield(L, -2, "blocking_conns_max");
     lua_pushinteger(L, NV_REDIS_TIMEOUT_MS_DEFAULT), lua_setfield(L, -2, "timeout_ms_default");
     lua_pushinteger(L, NV_REDIS_SCRIPTS_MAX), lua_setfield(L, -2, "scripts_max");
+    lua_pushinteger(L, NV_REDIS_CLIENTS_MAX), lua_setfield(L, -2, "clients_max");
     lua_pushinteger(L, NV_REDIS_BLOCKING_MARGIN_MS), lua_setfield(L, -2, "blocking_margin_ms");
     lua_setfield(L, -2, "limits");
     return 1;

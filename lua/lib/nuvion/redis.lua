@@ -38,8 +38,9 @@ local _M = {
 local Client = {}
 Client.__index = Client
 
--- Clients of this worker (this Lua state), by URL and options.
+-- Clients of this worker (this Lua state), by URL and options: at most limits.clients_max.
 local clients = {}
+local clients_n = 0
 
 -- ---- URL ----
 
@@ -136,11 +137,15 @@ function _M.connect(url, opts)
   local key = cache_key(url, opts)
   local client = clients[key]
   if client then return client end
+  if clients_n >= LIMITS.clients_max then
+    return nil, "too many redis clients (" .. LIMITS.clients_max .. " URLs and options per worker)"
+  end
   local err
   client, err = new_client(url, opts)
   if not client then return nil, err end
   client.key = key
   clients[key] = client
+  clients_n = clients_n + 1
   local res, perr = client.conn:call(nil, "PING")
   if res == nil then
     client:close()
@@ -307,7 +312,10 @@ end
 function Client:close()
   if self.closed then return end
   self.closed = true
-  if self.key and clients[self.key] == self then clients[self.key] = nil end
+  if self.key and clients[self.key] == self then
+    clients[self.key] = nil
+    clients_n = clients_n - 1
+  end
   self.conn:close()
   for _, conn in ipairs(self.idle) do conn:close() end
   self.blocking_n = self.blocking_n - #self.idle
