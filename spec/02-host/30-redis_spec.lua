@@ -282,6 +282,7 @@ describe("nuvion.redis", function()
       assert.is_nil(r:blocking("BLPOP", P .. "empty", 0.2))
       assert.is_true(nuvion.monotonic_ms() - t0 >= 150)
       assert.is_nil(r:blocking("XREAD", "BLOCK", 100, "STREAMS", P .. "stream", "$"))
+      assert.equals(0, r:blocking("WAIT", 0, 100)) -- no replica: 0 acknowledged
       assert.has_error(function() r:blocking("GET", P .. "x") end)
       assert.has_error(function() r:blocking("XREAD", "STREAMS", P .. "stream", "$") end)
     end)

@@ -233,18 +233,21 @@ local TIMEOUT_ARG = {
   BLPOP = -1, BRPOP = -1, BZPOPMIN = -1, BZPOPMAX = -1, BRPOPLPUSH = -1, BLMOVE = -1,
   BLMPOP = 1, BZMPOP = 1,
 }
+-- The same for the commands whose timeout is in milliseconds.
+local TIMEOUT_MS_ARG = { WAIT = -1, WAITAOF = -1 }
 
 -- The client-side wait for a blocking command, in ms: its own timeout plus a
 -- margin; 0 (no deadline) when it blocks without end.
 local function blocking_wait_ms(cmd, ...)
   local n = select("#", ...)
   local name = upper(cmd)
-  local pos = TIMEOUT_ARG[name]
+  local pos, unit_ms = TIMEOUT_ARG[name], 1000
+  if not pos then pos, unit_ms = TIMEOUT_MS_ARG[name], 1 end
   local server_ms
   if pos then
     local v = tonumber((select(pos < 0 and n + pos + 1 or pos, ...)))
-    if not v then error("blocking: " .. name .. " needs a numeric timeout", 3) end
-    server_ms = v * 1000
+    if not v or v < 0 then error("blocking: " .. name .. " needs a numeric timeout", 3) end
+    server_ms = v * unit_ms
   elseif name == "XREAD" or name == "XREADGROUP" then
     for i = 1, n - 1 do
       local a = select(i, ...)
