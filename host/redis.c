@@ -107,6 +107,7 @@ typedef struct rd_conn {
     uint64_t fed_bytes;        /* fed to the reader since connect */
     uint64_t reply_start;      /* fed_bytes where the reply being read starts */
     uint32_t pending;          /* commands sent or queued and not answered */
+    char drop_err[256];        /* why the connection was last dropped */
     rd_fifo fifo;
     uint64_t n_commands, n_writes, n_replies, n_connects;
 } rd_conn;
@@ -382,6 +383,7 @@ static void rd_arm_timer(rd_conn *c, uint64_t at_us) {
  * commands: they go to a fresh FIFO and a new connection. */
 static void rd_drop(rd_conn *c, const char *err, int timed_out) {
     c->epoch++;
+    snprintf(c->drop_err, sizeof c->drop_err, "%s", err);
     if (c->bev != NULL) bufferevent_free(c->bev);
     c->bev = NULL;
     if (c->reader != NULL) redisReaderFree(c->reader);
@@ -658,9 +660,16 @@ static int rd_open(rd_conn *c, char *err, size_t err_len) {
     c->n_connects++;
     uint64_t deadline = nv_rt_now_us() + (uint64_t)cfg->connect_timeout_ms * 1000;
     c->connect_deadline_us = deadline;
+    uint64_t epoch = c->epoch;
     int rc = cfg->addr_len != 0
                  ? bufferevent_socket_connect(c->bev, (struct sockaddr *)&cfg->addr, (int)cfg->addr_len)
                  : bufferevent_socket_connect_hostname(c->bev, rd_dns, AF_UNSPEC, cfg->host, cfg->port);
+    if (c->epoch != epoch) {
+        /* libevent reported a failure from inside the call (an answer from
+         * /etc/hosts comes back at once): the connection is already gone. */
+        snprintf(err, err_len, "%s", c->drop_err);
+        return NV_ERR;
+    }
     if (rc != 0) {
         snprintf(err, err_len, "connect: cannot connect to %s:%d", cfg->host, cfg->port);
         goto fail;
