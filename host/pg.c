@@ -523,6 +523,7 @@ static int conn_on_result(nv_pg_conn *c, PGresult *res) {
 
 /* SSL may hold decrypted bytes the socket will not signal again: look again next turn. */
 static void conn_recheck_ssl(nv_pg_conn *c) {
+    if (!PQsslInUse(c->pg)) return;
     SSL *ssl = PQsslStruct(c->pg, "OpenSSL");
     if (ssl != NULL && SSL_pending(ssl) > 0) event_active(c->rev, EV_READ, 0);
 }

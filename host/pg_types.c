@@ -75,7 +75,16 @@ static size_t fmt_number(char *out, size_t cap, double d) {
     if (isnan(d)) return (size_t)snprintf(out, cap, "NaN");
     if (isinf(d)) return (size_t)snprintf(out, cap, d > 0 ? "Infinity" : "-Infinity");
     if (d == floor(d)) {
-        if (d == 0) d = 0; /* -0 */
+        if (d > -9007199254740992.0 && d < 9007199254740992.0 && cap >= 24) { /* the common case, no printf */
+            char tmp[24];
+            size_t k = 0, len = 0;
+            uint64_t u = d < 0 ? (uint64_t)(-d) : (uint64_t)d;
+            do tmp[k++] = (char)('0' + u % 10), u /= 10; while (u != 0);
+            if (d < 0) out[len++] = '-';
+            while (k > 0) out[len++] = tmp[--k];
+            out[len] = '\0';
+            return len;
+        }
         n = snprintf(out, cap, "%.0f", d);
     } else {
         for (int prec = 15; prec <= 17; prec++) {
