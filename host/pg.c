@@ -610,8 +610,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         nv_logf(NV_LOG_WARN, "pg: cannot connect to %s: %s", p->desc, p->conn_err);
         p->nconnecting--;
         conn_free(c);
+        nv_pg_req *r = wait_pop(p); /* first: the others may get a new connection, not this one */
         pool_maybe_connect(p);
-        nv_pg_req *r = wait_pop(p);
         if (r == NULL) return;
         nv_task *t = r->task;
         nv_pg_req_free(r);
