@@ -1040,7 +1040,9 @@ static int l_take(lua_State *L) {
     nv_pg_conn *c = check_lease(L, p, 2);
     int release = lua_toboolean(L, 4);
     if (c->busy || c->req == NULL) return luaL_error(L, "pg: no finished query on this connection");
-    lua_settop(L, 0);
+    /* The handle stays at 1: `return c_take(ud, ...)` is a tail call, so nothing else may
+     * hold the pool, and a GC step while the rows are built must not finalize it. */
+    lua_settop(L, 1);
     lua_rawgeti(L, lua_upvalueindex(1), NV_PG_UV_PUSH);
     lua_pushlightuserdata(L, c);
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -1049,7 +1051,7 @@ static int l_take(lua_State *L) {
     c->req = NULL;
     if (release) pool_release(p, c);
     if (rc != 0) return lua_error(L);
-    return lua_gettop(L);
+    return lua_gettop(L) - 1;
 }
 
 /* release(pool, slot, lease): gives a held connection back without a query. */

@@ -11,15 +11,18 @@ local T = "pgspec_" .. nuvion.random_hex(4) -- prefix of this run's tables
 
 -- Runs fn(i) in n tasks at once; returns their results once all are done.
 local function concurrently(n, fn, timeout_ms)
-  local out, done = {}, 0
+  local out, done, failed = {}, 0, nil
   for i = 1, n do
     nuvion.spawn(function()
-      out[i] = { fn(i) }
+      local res = { pcall(fn, i) }
+      if not res[1] then failed = failed or ("task " .. i .. ": " .. tostring(res[2])) end
+      out[i] = { unpack(res, 2, table.maxn(res)) }
       done = done + 1
     end)
   end
   local deadline = nuvion.monotonic_ms() + (timeout_ms or 10000)
   while done < n and nuvion.monotonic_ms() < deadline do nuvion.sleep(2) end
+  assert(not failed, failed)
   assert(done == n, "tasks did not finish in time")
   return out
 end
@@ -286,7 +289,13 @@ describe("nuvion.pg", function()
           attempts[i] = attempt + 1
           local r = assert(tx:query("SELECT balance FROM " .. T .. "_acct WHERE id = 20"))
           nuvion.sleep(50) -- both read before either writes
-          local ok, err = tx:query("UPDATE " .. T .. "_acct SET balance = $1 WHERE id = 20", r[1].balance + i * 10)
+          local sql = "UPDATE " .. T .. "_acct SET balance = $1 WHERE id = 20"
+          if i == 2 then -- a raised error object is retried as a returned one is
+            local ok, err = tx:query(sql, r[1].balance + i * 10)
+            if not ok then error(err) end -- (busted's assert would wrap it)
+            return "ok"
+          end
+          local ok, err = tx:query(sql, r[1].balance + i * 10)
           if not ok then return nil, err end
           return "ok"
         end, { isolation = "serializable", retries = 3 })

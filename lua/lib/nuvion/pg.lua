@@ -365,27 +365,26 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
--- Runs fn once: "ok", values... | "retry", err | "fail", err | "raise", err
+-- Runs fn once: "ok", values... | "fail", err (returned) | "raise", err (fn raised it)
 local function tx_attempt(self, fn, begin_sql, attempt)
   local tx, berr = tx_begin(self, begin_sql)
-  if not tx then return retryable(berr) and "retry" or "fail", berr end
+  if not tx then return "fail", berr end
   local res = pack(pcall(fn, tx, attempt))
   if not res[1] then
     tx_end(tx, "ROLLBACK")
-    return retryable(res[2]) and "retry" or "raise", res[2]
+    return "raise", res[2]
   end
   if res[2] == nil and res[3] ~= nil then -- fn returned nil, err
     tx_end(tx, "ROLLBACK")
-    return retryable(res[3]) and "retry" or "fail", res[3]
+    return "fail", res[3]
   end
   if c_txstatus(tx.ud, tx.slot, tx.lease) == "inerror" then
     tx_end(tx, "ROLLBACK")
-    local err = tx.err or setmetatable({ name = "in_failed_sql_transaction", code = "25P02",
+    return "fail", tx.err or setmetatable({ name = "in_failed_sql_transaction", code = "25P02",
       message = "a statement of the transaction failed: rolled back" }, error_mt)
-    return retryable(err) and "retry" or "fail", err
   end
   local ok, err = tx_end(tx, "COMMIT")
-  if not ok then return retryable(err) and "retry" or "fail", err end
+  if not ok then return "fail", err end
   return "ok", unpack(res, 2, res.n)
 end
 
@@ -410,12 +409,16 @@ function Pool:tx(fn, opts)
   local attempt = 0
   while true do
     local out = pack(tx_attempt(self, fn, begin_sql, attempt))
-    local how = out[1]
+    local how, err = out[1], out[2]
     if how == "ok" then return unpack(out, 2, out.n) end
-    if how == "raise" and not (retryable(out[2]) and attempt < retries) then error(out[2], 0) end
-    if how == "fail" or attempt >= retries then return nil, out[2] end
-    backoff(attempt)
-    attempt = attempt + 1
+    if attempt < retries and retryable(err) then
+      backoff(attempt)
+      attempt = attempt + 1
+    elseif how == "raise" then
+      error(err, 0)
+    else
+      return nil, err
+    end
   end
 end
 
