@@ -82,6 +82,18 @@ describe("nuvion.pg", function()
       assert.equals("timestamptz", rows.types[11])
     end)
 
+    it("keeps what has no exact Lua number as text", function()
+      local r = assert(db:query([[SELECT 'NaN'::numeric AS nan, (10::numeric ^ 45)::numeric(60,0) AS huge,
+        'infinity'::timestamptz AS inf, -0.5::numeric AS neg]]))[1]
+      assert.equals("NaN", r.nan)
+      assert.equals("1" .. string.rep("0", 45), r.huge)
+      assert.equals("infinity", r.inf)
+      assert.equals("-0.5", r.neg)
+      local india = pg.pool(url_with(URL, "options", "-c%20TimeZone%3DAsia/Kolkata"), { max = 1 })
+      local t = assert(india:query("SELECT '2024-03-01 00:00:00+00'::timestamptz AS ts"))[1].ts
+      assert.equals("2024-03-01T05:30:00+05:30", t)
+    end)
+
     it("gives NULL as nil and the column order in rows.columns", function()
       local rows = assert(db:query("SELECT 1 AS a, NULL::text AS b, 3 AS c"))
       assert.is_nil(rows[1].b)
@@ -392,13 +404,12 @@ describe("nuvion.pg", function()
       assert.is_true(rows[1].ssl)
     end)
 
-    it("connects to host localhost without blocking the loop", function()
+    -- "localhost" maps to 127.0.0.1 (libpq gets hostaddr): no lookup at all, so nothing can
+    -- block; the spec below with a server that never answers shows the connect itself does not.
+    it("connects to host localhost", function()
       local local_url = URL:gsub("@127%.0%.0%.1:", "@localhost:")
       assert.is_truthy(local_url:find("@localhost:", 1, true))
-      local ticks = 0
-      local id = nuvion.timer.every(1, function() ticks = ticks + 1 end)
       local rows = assert(pg.pool(local_url, { max = 1 }):query("SELECT 1 AS one"))
-      nuvion.timer.cancel(id)
       assert.equals(1, rows[1].one)
     end)
 
