@@ -39,8 +39,26 @@ ensure_user() {
     id "$RUN_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$RUN_USER"
 }
 
+# Where Postgres keeps its data and socket: DIR itself when the unprivileged user can reach it,
+# else (a checkout under /root, say) a folder of its own under /tmp, named in DIR/pg.home.
+pg_home() {
+    local dir=$1 home
+    if [ -f "$dir/pg.home" ]; then cat "$dir/pg.home"; return 0; fi
+    if [ "$(id -u)" != 0 ] || runuser -u "$RUN_USER" -- test -w "$dir" 2>/dev/null; then
+        home=$dir
+    else
+        home=$(mktemp -d /tmp/nuvion-pg.XXXXXX)
+        chown "$RUN_USER" "$home"
+        chmod 700 "$home"
+    fi
+    echo "$home" >"$dir/pg.home"
+    echo "$home"
+}
+
 start_pg() {
-    local dir=$1 port=$2 data="$1/pg"
+    local dir port=$2 data
+    dir=$(pg_home "$1")
+    data="$dir/pg"
     if [ ! -f "$data/PG_VERSION" ]; then
         mkdir -p "$data"
         chown "$RUN_USER" "$dir" "$data"
@@ -69,26 +87,27 @@ CONF
     echo "port = $port" >>"$data/postgresql.conf"
     as_user "$PG_BIN/pg_ctl" -D "$data" -l "$dir/pg.log" -w -t "$START_WAIT_S" start >/dev/null ||
         { tail -n 20 "$dir/pg.log" >&2; die "postgres did not start"; }
-    head -n 1 "$data/postmaster.pid" >"$dir/pg.pid"
+    head -n 1 "$data/postmaster.pid" >"$1/pg.pid"
     as_user "$PG_BIN/psql" -h "$dir" -p "$port" -U nuvion -d postgres -qtAc \
         "SELECT 1 FROM pg_database WHERE datname = 'nuvion_test'" | grep -q 1 ||
         as_user "$PG_BIN/createdb" -h "$dir" -p "$port" -U nuvion nuvion_test
 }
 
 start_redis() {
-    local dir=$1 port=$2 n=$3
-    mkdir -p "$dir/redis-$n"
-    chown "$RUN_USER" "$dir/redis-$n"
+    local dir=$1 port=$2 n=$3 home
+    home=$(pg_home "$dir")
+    mkdir -p "$home/redis-$n"
+    chown "$RUN_USER" "$home/redis-$n"
     as_user redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --maxmemory-policy noeviction --dir "$dir/redis-$n" --daemonize yes \
-        --pidfile "$dir/redis-$n/redis.pid" --logfile "$dir/redis-$n/redis.log" >/dev/null
+        --maxmemory-policy noeviction --dir "$home/redis-$n" --daemonize yes \
+        --pidfile "$home/redis-$n/redis.pid" --logfile "$home/redis-$n/redis.log" >/dev/null
     local i
     for ((i = 0; i < START_WAIT_S * 10; i++)); do
         redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
         sleep 0.1
     done
     redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || die "redis on $port did not start"
-    cat "$dir/redis-$n/redis.pid" >"$dir/redis-$n.pid"
+    cat "$home/redis-$n/redis.pid" >"$dir/redis-$n.pid"
 }
 
 cmd_start() {
@@ -96,7 +115,7 @@ cmd_start() {
     ensure_user
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    chown "$RUN_USER" "$dir"
+    chown "$RUN_USER" "$dir" 2>/dev/null || true
     pg_port=$(free_port) || die "no free port"
     start_pg "$dir" "$pg_port"
     for ((i = 1; i <= count; i++)); do
@@ -107,7 +126,7 @@ cmd_start() {
     cat >"$dir/env" <<ENV
 export NUVION_TEST_PG_HOST=127.0.0.1
 export NUVION_TEST_PG_PORT=$pg_port
-export NUVION_TEST_PG_SOCKET_DIR=$dir
+export NUVION_TEST_PG_SOCKET_DIR=$(cat "$dir/pg.home")
 export NUVION_TEST_DATABASE_URL=postgres://nuvion:nuvion@127.0.0.1:$pg_port/nuvion_test
 export NUVION_TEST_PG_SSL_URL=postgres://nuvion:nuvion@127.0.0.1:$pg_port/nuvion_test?sslmode=require
 export NUVION_TEST_REDIS_URL=redis://127.0.0.1:${ports[0]}/0
@@ -142,6 +161,11 @@ cmd_stop() {
         kill -INT "$pid" 2>/dev/null || true
         stop_pid_file "$dir/pg.pid"
     fi
+    # A home of its own under /tmp goes with the servers (DIR itself is the caller's).
+    if [ -f "$dir/pg.home" ] && [ "$(cat "$dir/pg.home")" != "$dir" ]; then
+        case "$(cat "$dir/pg.home")" in /tmp/nuvion-pg.*) rm -rf "$(cat "$dir/pg.home")" ;; esac
+        rm -f "$dir/pg.home"
+    fi
 }
 
 SERVICES=(core acquiring payout account_issuing card_issuing blockchain)
@@ -174,7 +198,7 @@ REVOKE CONNECT, TEMPORARY ON DATABASE $db FROM PUBLIC;
 GRANT CONNECT ON DATABASE $db TO $role;
 "
     done
-    printf '%s' "$sql" | as_user "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h "$dir" \
+    printf '%s' "$sql" | as_user "$PG_BIN/psql" -q -v ON_ERROR_STOP=1 -h "$(cat "$dir/pg.home")" \
         -p "$NUVION_TEST_PG_PORT" -U nuvion -d postgres >"$dir/provision.log" 2>&1 ||
         { cat "$dir/provision.log" >&2; die "provision failed"; }
     sed -i '/^export NUVION_[A-Z_]*_\(DATABASE\|REDIS\)_URL=/{/NUVION_TEST_/!d}' "$dir/env"
