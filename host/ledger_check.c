@@ -218,7 +218,7 @@ static void state_carve(arena *a, nv_ledger_state *st, uint32_t n)
     st->undo = carve(a, n * sizeof(ledger_undo));
     st->out_rows = carve(a, n * sizeof(nv_ledger_new_transfer));
     st->out_acc = carve(a, accs * sizeof(nv_ledger_account_change));
-    st->out_pend = carve(a, n * sizeof(nv_ledger_pending_change));
+    st->out_pend = carve(a, trs * sizeof(nv_ledger_pending_change)); /* every loaded hold may expire */
 }
 
 nv_ledger_state *nv_ledger_state_new(uint32_t batch_max)

@@ -583,6 +583,21 @@ static void test_post_void_expiry_matrix(void)
     }
 }
 
+/* One event may load two holds that both expire: more status changes than events (fuzz). */
+static void test_more_expiries_than_events(void)
+{
+    db *d = two_accounts(0);
+    hold(d, 7, 10, 1);
+    hold(d, 8, 10, 1);
+    d->now += 2 * S_NS;
+    nv_ledger_transfer t = resolve(8, 7, 0, F_(POST_PENDING));
+    nv_ledger_result r;
+    run_out o = db_run(d, &t, 1, &r);
+    CHECK(!o.err && r == TR(exists_with_different_flags) && o.pendings == 2 && o.rows == 0);
+    CHECK(db_acc(d, 1)->debits_pending == 0 && db_acc(d, 2)->credits_pending == 0);
+    db_free(d);
+}
+
 static void test_partial_post_and_amounts(void)
 {
     db *d = two_accounts(0);
@@ -985,6 +1000,7 @@ int main(void)
     TEST_RUN(test_chain_failure_rolls_back);
     TEST_RUN(test_chain_open_and_holds_in_chain);
     TEST_RUN(test_post_void_expiry_matrix);
+    TEST_RUN(test_more_expiries_than_events);
     TEST_RUN(test_partial_post_and_amounts);
     TEST_RUN(test_hold_timeout_in_batch_and_counts);
     TEST_RUN(test_balancing_exact_limits);
