@@ -276,6 +276,8 @@ int nv_ledger_state_add_transfer(nv_ledger_state *st, const nv_ledger_transfer *
     if (st->checked || t->id == 0 || t->id == NV_LEDGER_U128_MAX) return NV_ERR;
     if (hold != (status != NV_LEDGER_PENDING_NONE) || status > NV_LEDGER_PENDING_EXPIRED) return NV_ERR;
     if (ix_find(&st->tr_ix, t->id) != NONE) return NV_ERR;
+    /* the last batch_max entries are for the rows the check adds */
+    if (st->tr_ix.count >= st->tr_ix.cap - st->batch_max) return NV_ERR;
     uint32_t e = ix_add(&st->tr_ix, t->id);
     if (e == NONE) return NV_ERR;
     st->tr[e] = *t;
@@ -289,6 +291,8 @@ int nv_ledger_state_add_failed_id(nv_ledger_state *st, nv_u128 id)
 {
     if (st->checked) return NV_ERR;
     if (ix_find(&st->failed_ix, id) != NONE) return NV_OK;
+    /* the last batch_max entries are for the ids the check adds */
+    if (st->failed_ix.count >= st->failed_ix.cap - st->batch_max) return NV_ERR;
     return ix_add(&st->failed_ix, id) == NONE ? NV_ERR : NV_OK;
 }
 
@@ -865,6 +869,7 @@ int nv_ledger_create_accounts(nv_ledger_state *st, const nv_ledger_account *batc
                               uint64_t now_ns, nv_ledger_account_result *results)
 {
     if (check_begin(st, n, now_ns) != NV_OK) return NV_ERR;
+    if (st->acc_ix.count > st->acc_ix.cap - n) return NV_ERR; /* room for n new accounts */
     st->checked = 1;
     static const chain_ops ops = { account_run, account_undo, account_linked };
     _Static_assert(sizeof(nv_ledger_account_result) == sizeof(int), "results are written as int");

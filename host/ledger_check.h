@@ -161,7 +161,9 @@ uint32_t nv_ledger_account_ids_needed(const nv_ledger_state *st, const nv_ledger
                                       uint32_t n, nv_u128 *out);
 
 /* (2) Load what exists. NV_ERR when full, on a duplicate id, or on a row that breaks an
- * invariant (counters whose sums overflow, a pending status on a non-pending transfer). */
+ * invariant (counters whose sums overflow, a pending status on a non-pending transfer).
+ * Room: 4 * batch_max accounts (3 * batch_max before create_accounts of batch_max), 2 *
+ * batch_max transfers and 2 * batch_max failed ids; the rest is for what the check adds. */
 int nv_ledger_state_add_account(nv_ledger_state *st, const nv_ledger_account *a);
 int nv_ledger_state_add_transfer(nv_ledger_state *st, const nv_ledger_transfer *t,
                                  nv_ledger_pending_status status);

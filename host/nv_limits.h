@@ -171,6 +171,6 @@
 #define NV_LEDGER_BATCH_TRANSFERS_MAX 8189         /* events of one check: TigerBeetle's batch of 8189 transfers */
 #define NV_LEDGER_ACCOUNTS_PER_EVENT 4             /* accounts one transfer may touch: its two and its hold's two */
 #define NV_LEDGER_TRANSFERS_PER_EVENT 3            /* transfer rows one event may bring: its id, its pending_id, the row it adds */
-#define NV_LEDGER_FAILED_IDS_PER_EVENT 2           /* failed ids per event: one loaded, one added by the check */
+#define NV_LEDGER_FAILED_IDS_PER_EVENT 3           /* failed ids per event: its id and pending_id loaded, one added */
 
 #endif

@@ -825,6 +825,21 @@ static void test_interface_edges(void)
     CHECK(k == 3 && ids[0] == 1 && ids[1] == 2 && ids[2] == 3);
     CHECK(nv_ledger_create_transfers(st, b, 3, 100, r) == NV_ERR);
     nv_ledger_state_free(st);
+    /* loading stops where the room for what the check adds begins */
+    st = nv_ledger_state_new(1);
+    for (int i = 0; i < 3; i++) {
+        nv_ledger_transfer x = transfer(100 + i, 1, 2, 1, 0);
+        CHECK_INT_EQ(nv_ledger_state_add_transfer(st, &x, NV_LEDGER_PENDING_NONE), i < 2 ? NV_OK : NV_ERR);
+        CHECK_INT_EQ(nv_ledger_state_add_failed_id(st, 200 + i), i < 2 ? NV_OK : NV_ERR);
+    }
+    for (int i = 0; i < 4; i++) {
+        nv_ledger_account x = account(300 + i, 1, 0);
+        CHECK(nv_ledger_state_add_account(st, &x) == NV_OK);
+    }
+    nv_ledger_account fresh = { .id = 400, .ledger = 1, .code = 1 };
+    nv_ledger_account_result ar;
+    CHECK(nv_ledger_create_accounts(st, &fresh, 1, 100, &ar) == NV_ERR); /* no room for the new one */
+    nv_ledger_state_free(st);
     /* a full batch of the largest size fits its tables */
     st = nv_ledger_state_new(NV_LEDGER_BATCH_TRANSFERS_MAX);
     CHECK(st != NULL);
