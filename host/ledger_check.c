@@ -762,8 +762,9 @@ static void chain_run(nv_ledger_state *st, const chain_ops *ops, const void *bat
         int linked = ops->linked(batch, i);
         if (linked && chain == NONE) chain = i;
         int r;
-        if (broken) r = R(linked_event_failed);
-        else if (linked && i == n - 1) r = R(linked_event_chain_open);
+        /* as TigerBeetle: the open chain's code wins even over a chain already broken */
+        if (linked && i == n - 1) r = R(linked_event_chain_open);
+        else if (broken) r = R(linked_event_failed);
         else r = ops->run(st, batch, i, now + 1 + i);
         codes[i] = r;
         if (r != 0 && chain != NONE && !broken) {

@@ -519,6 +519,12 @@ static void test_chain_open_and_holds_in_chain(void)
     run_out o = db_run(d, b, 3, r);
     CHECK(r[0] == TR(ok) && r[1] == TR(linked_event_failed) && r[2] == TR(linked_event_chain_open));
     CHECK(o.rows == 1 && o.failed == 0);
+    /* a broken chain left open: the last event still says the chain was open */
+    nv_ledger_transfer e[3] = { transfer(13, 1, 2, 5, F_(LINKED)), transfer(14, 1, 1, 5, F_(LINKED)),
+                                transfer(15, 1, 2, 5, F_(LINKED)) };
+    o = db_run(d, e, 3, r);
+    CHECK(r[0] == TR(linked_event_failed) && r[1] == TR(accounts_must_be_different) && r[2] == TR(linked_event_chain_open));
+    CHECK(o.rows == 0);
     /* a chain that holds then posts the hold, then fails: the hold and the post both go */
     nv_ledger_transfer c[3] = { transfer(20, 1, 3, 50, F_(LINKED) | F_(PENDING)),
                                 resolve(21, 20, 20, F_(LINKED) | F_(POST_PENDING)), transfer(22, 1, 1, 5, 0) };
