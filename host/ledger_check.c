@@ -456,12 +456,18 @@ static nv_ledger_result exists_post_void(const nv_ledger_state *st, const nv_led
         return R(exists_with_different_debit_account_id);
     if (t->credit_account_id != 0 && t->credit_account_id != e->credit_account_id)
         return R(exists_with_different_credit_account_id);
+    /* The row was built from the hold, which is loaded (it is this event's pending_id); a
+     * caller that left it out gets the row itself as the hold: zero fields then match. */
     uint32_t h = ix_find(&st->tr_ix, e->pending_id);
-    nv_u128 amount = h != NONE ? resolve_amount(t, &st->tr[h]) : t->amount;
-    if (amount != e->amount) return R(exists_with_different_amount);
-    if (t->user_data_128 != 0 && t->user_data_128 != e->user_data_128) return R(exists_with_different_user_data_128);
-    if (t->user_data_64 != 0 && t->user_data_64 != e->user_data_64) return R(exists_with_different_user_data_64);
-    if (t->user_data_32 != 0 && t->user_data_32 != e->user_data_32) return R(exists_with_different_user_data_32);
+    const nv_ledger_transfer *p = h != NONE ? &st->tr[h] : e;
+    if (resolve_amount(t, p) != e->amount) return R(exists_with_different_amount);
+    /* zero user data meant "the hold's": the retry matches only if the row took the hold's */
+    if ((t->user_data_128 != 0 ? t->user_data_128 : p->user_data_128) != e->user_data_128)
+        return R(exists_with_different_user_data_128);
+    if ((t->user_data_64 != 0 ? t->user_data_64 : p->user_data_64) != e->user_data_64)
+        return R(exists_with_different_user_data_64);
+    if ((t->user_data_32 != 0 ? t->user_data_32 : p->user_data_32) != e->user_data_32)
+        return R(exists_with_different_user_data_32);
     if (t->ledger != 0 && t->ledger != e->ledger) return R(exists_with_different_ledger);
     if (t->code != 0 && t->code != e->code) return R(exists_with_different_code);
     return R(exists);
@@ -575,13 +581,10 @@ static nv_ledger_result post_or_void(nv_ledger_state *st, const nv_ledger_transf
     int post = TF(t, POST_PENDING);
     uint32_t dr = ix_find(&st->acc_ix, p.debit_account_id), cr = ix_find(&st->acc_ix, p.credit_account_id);
     nv_assert(dr != NONE && cr != NONE); /* holds_prepare made sure */
-    /* A void only releases: it stays allowed on a closed account (else the hold would be
-     * stuck until it expires); a post may not move money into a closed account, unless
-     * the hold being posted is what closed it. */
-    if (post && (st->acc[dr].flags & NV_LEDGER_ACCOUNT_CLOSED) && !(p.flags & NV_LEDGER_TRANSFER_CLOSING_DEBIT))
-        return R(debit_account_already_closed);
-    if (post && (st->acc[cr].flags & NV_LEDGER_ACCOUNT_CLOSED) && !(p.flags & NV_LEDGER_TRANSFER_CLOSING_CREDIT))
-        return R(credit_account_already_closed);
+    /* As TigerBeetle: the only movement on a closed account is a void (it only releases), so
+     * a closing hold can be voided or expire, never posted: one without timeout closes for good. */
+    if (post && (st->acc[dr].flags & NV_LEDGER_ACCOUNT_CLOSED)) return R(debit_account_already_closed);
+    if (post && (st->acc[cr].flags & NV_LEDGER_ACCOUNT_CLOSED)) return R(credit_account_already_closed);
     nv_u128 amount = post ? resolve_amount(t, &p) : p.amount;
     if (add_overflows(st->acc[dr].debits_posted, amount)) return R(overflows_debits_posted);
     if (add_overflows(st->acc[cr].credits_posted, amount)) return R(overflows_credits_posted);

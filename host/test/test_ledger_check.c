@@ -630,6 +630,7 @@ static void test_partial_post_and_amounts(void)
     CHECK(r == TR(ok) && d->tr[db_tr(d, 12)].amount == 40 && db_acc(d, 1)->debits_pending == 0);
     /* the retry of the partial post is "exists"; with another amount it is not */
     t = resolve(10, 7, 15, F_(POST_PENDING));
+    t.user_data_64 = 9;
     db_run(d, &t, 1, &r);
     CHECK_INT_EQ(r, TR(exists));
     t.amount = 16;
@@ -637,6 +638,13 @@ static void test_partial_post_and_amounts(void)
     CHECK_INT_EQ(r, TR(exists_with_different_amount));
     /* a post of 0 retried as 0 is "exists" too (0 means the hold's amount) */
     t = resolve(11, 8, 0, F_(POST_PENDING));
+    db_run(d, &t, 1, &r);
+    CHECK_INT_EQ(r, TR(exists));
+    /* user data: zero on the retry means "the hold's", so it differs from a row that had its own */
+    t = resolve(10, 7, 15, F_(POST_PENDING));
+    db_run(d, &t, 1, &r);
+    CHECK_INT_EQ(r, TR(exists_with_different_user_data_64)); /* the post had user_data_64 = 9 */
+    t.user_data_64 = 9;
     db_run(d, &t, 1, &r);
     CHECK_INT_EQ(r, TR(exists));
     db_free(d);
@@ -720,12 +728,28 @@ static void test_closing_and_reopening(void)
     t = transfer(16, 1, 3, 1, 0);
     db_run(d, &t, 1, &r);
     CHECK_INT_EQ(r, TR(ok));
-    /* posting a closing hold keeps the account closed for good */
+    /* a closing hold cannot be posted (the account is closed): it closes for good if it has no
+     * timeout, unless voided */
     c = transfer(17, 1, 2, 1, F_(PENDING) | F_(CLOSING_DEBIT) | F_(CLOSING_CREDIT));
     db_run(d, &c, 1, &r);
     nv_ledger_transfer p = resolve(18, 17, 0, F_(POST_PENDING));
     db_run(d, &p, 1, &r);
-    CHECK(r == TR(ok) && (db_acc(d, 1)->flags & NV_LEDGER_ACCOUNT_CLOSED) && (db_acc(d, 2)->flags & NV_LEDGER_ACCOUNT_CLOSED));
+    CHECK(r == TR(debit_account_already_closed) && (db_acc(d, 1)->flags & NV_LEDGER_ACCOUNT_CLOSED) &&
+          (db_acc(d, 2)->flags & NV_LEDGER_ACCOUNT_CLOSED));
+    /* a void of another hold on a closed account is allowed; a post of it is not */
+    nv_ledger_transfer other = transfer(30, 3, 2, 1, F_(PENDING)), pv = resolve(31, 30, 0, F_(VOID_PENDING));
+    db_run(d, &other, 1, &r);
+    CHECK_INT_EQ(r, TR(credit_account_already_closed));
+    db_add_transfer(d, (nv_ledger_transfer){ .id = 32, .debit_account_id = 3, .credit_account_id = 2, .amount = 1,
+                                             .ledger = 1, .code = 1, .flags = F_(PENDING), .timestamp = 5 },
+                    NV_LEDGER_PENDING_PENDING);
+    db_acc(d, 3)->debits_pending += 1, db_acc(d, 2)->credits_pending += 1; /* a hold from before the closing */
+    p = resolve(33, 32, 0, F_(POST_PENDING));
+    db_run(d, &p, 1, &r);
+    CHECK_INT_EQ(r, TR(credit_account_already_closed));
+    pv.pending_id = 32;
+    db_run(d, &pv, 1, &r);
+    CHECK(r == TR(ok) && db_acc(d, 2)->credits_pending == 1);
     /* an expired closing hold reopens */
     db_add_account(d, account(20, 1, 0));
     c = transfer(19, 20, 3, 1, F_(PENDING) | F_(CLOSING_DEBIT));
