@@ -349,9 +349,11 @@ static int reopen(nv_ledger_account *a, int closing)
 
 static int hold_expired_at(const nv_ledger_transfer *p, uint64_t ts)
 {
+    uint64_t timeout_ns = (uint64_t)p->timeout_s * NS_PER_S;
     if (p->timeout_s == 0) return 0;
-    /* overflows_timeout at creation keeps this sum in range */
-    return p->timestamp + (uint64_t)p->timeout_s * NS_PER_S <= ts;
+    /* overflows_timeout keeps our holds' deadlines in range; a loaded row past it never expires */
+    if (timeout_ns > UINT64_MAX - p->timestamp) return 0;
+    return p->timestamp + timeout_ns <= ts;
 }
 
 /* The hold in entry h stops counting: its pending amounts go back, a closing hold reopens. */
@@ -651,7 +653,9 @@ static nv_ledger_result check_sums(const nv_ledger_transfer *t, const nv_ledger_
     /* the account invariant: pending + posted never overflows, so a post always fits */
     if (add_overflows(d->debits_pending + d->debits_posted, amount)) return R(overflows_debits);
     if (add_overflows(c->credits_pending + c->credits_posted, amount)) return R(overflows_credits);
-    if (TF(t, PENDING) && (uint64_t)t->timeout_s * NS_PER_S > UINT64_MAX - ts) return R(overflows_timeout);
+    /* 63 bits, as TigerBeetle (its timestamps keep the top bit as a tombstone) */
+    if (TF(t, PENDING) && (ts > (uint64_t)INT64_MAX || (uint64_t)t->timeout_s * NS_PER_S > (uint64_t)INT64_MAX - ts))
+        return R(overflows_timeout);
     if ((d->flags & NV_LEDGER_ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS) &&
         d->debits_pending + d->debits_posted + amount > d->credits_posted)
         return R(exceeds_credits);
