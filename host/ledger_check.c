@@ -83,13 +83,6 @@ int nv_ledger_result_is_transient(nv_ledger_result r)
     case NV_LEDGER_TR_pending_transfer_not_found:
     case NV_LEDGER_TR_debit_account_already_closed:
     case NV_LEDGER_TR_credit_account_already_closed:
-    case NV_LEDGER_TR_overflows_debits_pending:
-    case NV_LEDGER_TR_overflows_credits_pending:
-    case NV_LEDGER_TR_overflows_debits_posted:
-    case NV_LEDGER_TR_overflows_credits_posted:
-    case NV_LEDGER_TR_overflows_debits:
-    case NV_LEDGER_TR_overflows_credits:
-    case NV_LEDGER_TR_overflows_timeout:
     case NV_LEDGER_TR_exceeds_credits:
     case NV_LEDGER_TR_exceeds_debits:
         return 1;

@@ -121,8 +121,9 @@ typedef enum nv_ledger_account_result {
 const char *nv_ledger_result_name(nv_ledger_result r);
 const char *nv_ledger_account_result_name(nv_ledger_account_result r);
 
-/* Failures TigerBeetle calls transient: they depend on the state, so a retry might pass; the id
- * is remembered and a retry gets id_already_failed. Other failures depend on the body alone. */
+/* Failures TigerBeetle 0.16 calls transient: they depend on state that may change, so a retry
+ * might pass; the id is remembered and a retry gets id_already_failed. The others depend on the
+ * body or on what never changes (overflows count as permanent: 2^128 is not reached in practice). */
 int nv_ledger_result_is_transient(nv_ledger_result r);
 
 /* One batch's working set: the accounts and transfers it touches, sized by the batch. */
