@@ -16,7 +16,7 @@ typedef unsigned __int128 nv_u128;
 #define NV_LEDGER_ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS (1u << 1) /* dp + dpo <= cpo */
 #define NV_LEDGER_ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS (1u << 2) /* cp + cpo <= dpo */
 #define NV_LEDGER_ACCOUNT_HISTORY (1u << 3)                       /* keep per-transfer balances (posting layer) */
-#define NV_LEDGER_ACCOUNT_CLOSED (1u << 5)                        /* set by a closing transfer; no new transfer */
+#define NV_LEDGER_ACCOUNT_CLOSED (1u << 5)                        /* set by a closing hold; only voids touch it */
 #define NV_LEDGER_ACCOUNT_FLAGS_KNOWN 0x2fu                       /* bit 4 (imported) is not supported: reserved */
 
 /* Transfer flags. */
@@ -156,8 +156,8 @@ void nv_ledger_state_reset(nv_ledger_state *st);
 /* (1) What a batch needs, distinct, sorted ascending (lock in this order), zero and 2^128-1
  * left out. out must hold 2 * n ids. Transfer ids: each id and pending_id. */
 uint32_t nv_ledger_transfer_ids_needed(const nv_ledger_transfer *batch, uint32_t n, nv_u128 *out);
-/* Account ids: debit and credit ids of the batch, and those of every pending transfer already
- * loaded (so load the transfers first). out must hold 4 * n ids. */
+/* Account ids: debit and credit ids of the batch, and those of each loaded hold that a
+ * pending_id of the batch names (so load the transfers first). out must hold 4 * n ids. */
 uint32_t nv_ledger_account_ids_needed(const nv_ledger_state *st, const nv_ledger_transfer *batch,
                                       uint32_t n, nv_u128 *out);
 
