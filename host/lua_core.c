@@ -234,38 +234,39 @@ static int core_timer_cancel(lua_State *L) {
     return 1;
 }
 
-void nv_lua_core_retire(nv_gen *g) {
+/* Calls fn on every live timer of g. The ids have holes (freed timers), so
+ * this walks the table with lua_next, not up to its length; fn may free the
+ * timer (clearing an existing field is allowed during a traversal). */
+static void each_timer(nv_gen *g, void (*fn)(nv_gen *g, nv_timer *tm)) {
     lua_State *L = g->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->timers_ref);
-    int n = (int)lua_objlen(L, -1);
-    for (int i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
         nv_timer *tm = lua_touserdata(L, -1);
         lua_pop(L, 1);
-        if (tm != NULL && tm->every_ms > 0) timer_cancel(tm);
+        if (tm != NULL) fn(g, tm);
     }
     lua_pop(L, 1);
 }
 
-void nv_lua_core_close(nv_gen *g) {
-    lua_State *L = g->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, g->timers_ref);
-    int n = (int)lua_objlen(L, -1);
-    for (int i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, i);
-        nv_timer *tm = lua_touserdata(L, -1);
-        lua_pop(L, 1);
-        if (tm == NULL) continue;
-        /* The process is exiting: a running tick is abandoned with its state. */
-        if (tm->running) g->tasks--;
-        tm->running = 0;
-        tm->cancelled = 1;
-        if (tm->every_ms == 0 && event_pending(tm->ev, EV_TIMEOUT, NULL)) g->timers--;
-        event_del(tm->ev);
-        timer_free(tm);
-    }
-    lua_pop(L, 1);
+static void retire_timer(nv_gen *g, nv_timer *tm) {
+    NV_UNUSED(g);
+    if (tm->every_ms > 0) timer_cancel(tm);
 }
+
+/* The process is exiting: a running tick is abandoned with its state. */
+static void close_timer(nv_gen *g, nv_timer *tm) {
+    if (tm->running) g->tasks--;
+    tm->running = 0;
+    tm->cancelled = 1;
+    if (tm->every_ms == 0 && event_pending(tm->ev, EV_TIMEOUT, NULL)) g->timers--;
+    event_del(tm->ev);
+    timer_free(tm);
+}
+
+void nv_lua_core_retire(nv_gen *g) { each_timer(g, retire_timer); }
+
+void nv_lua_core_close(nv_gen *g) { each_timer(g, close_timer); }
 
 /* ---- clock, logs, context ---- */
 

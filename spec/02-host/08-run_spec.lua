@@ -72,6 +72,19 @@ describe("bin/nuvion run", function()
     assert.equals(4, code) -- under ASan (make test runs this tier so) a leak would change it
   end)
 
+  it("frees timers above a hole left by a cancelled one", function()
+    local _, code = run([[
+      local nuvion = require "nuvion"
+      nuvion.timer.every(5, function() end)
+      local b = nuvion.timer.every(5, function() end)
+      nuvion.timer.every(5, function() nuvion.sleep(50) end)
+      nuvion.timer.cancel(b)
+      nuvion.sleep(20)
+      return 5
+    ]])
+    assert.equals(5, code) -- under ASan a missed timer is a leak, and a different status
+  end)
+
   it("reports a syntax error and exits 1", function()
     local _, code, out = run("this is not lua (")
     assert.equals(1, code)
