@@ -120,7 +120,7 @@ ours() {
     url=$(db_url "$db")
     NUVION_LEDGER_DATABASE_URL=$url bin/nuvion run bench/ledger/load.lua accounts "$n" \
         >"$WORK/accounts.out" 2>"$WORK/accounts.err" ||
-        { log "ours ($s): accounts: $(tail -n 3 "$WORK/accounts.err")"; drop_db "$db"; return 1; }
+        { log "ours ($s): accounts: $(head -n 2 "$WORK/accounts.err")"; drop_db "$db"; return 1; }
     PIDS=()
     for ((i = 1; i <= PROCS; i++)); do
         NUVION_LEDGER_DATABASE_URL=$url BENCH_LEDGER_TASKS=$TASKS BENCH_LEDGER_SECONDS=$SECONDS_RUN \
@@ -132,7 +132,7 @@ ours() {
     done
     for i in "${!PIDS[@]}"; do wait "${PIDS[$i]}" || log "ours ($s): process $((i + 1)) exited with $?"; done
     PIDS=()
-    for i in "${files[@]}"; do [ -s "$i.err" ] && log "ours ($s): $(basename "$i") stderr: $(tail -n 3 "$i.err")"; done
+    for i in "${files[@]}"; do [ -s "$i.err" ] && log "ours ($s): $(basename "$i") stderr: $(head -n 3 "$i.err")"; done
     if ! line=$(bin/nuvion run bench/ledger/merge.lua "${files[@]}" 2>"$WORK/merge.err"); then
         log "ours ($s): $(cat "$WORK/merge.err")"
         drop_db "$db"
