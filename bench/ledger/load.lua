@@ -11,8 +11,8 @@
 -- After BENCH_LEDGER_WARMUP_S (default 2) of warm-up, counts for BENCH_LEDGER_SECONDS (default
 -- 10) the transfers whose result came back in that window, and their latency (from the call to
 -- its result). Prints one JSON line:
---   {"proc":1,"seconds":10.0,"ok":123,"results":{"ok":123,...},"errors":{"code":n,...},
---    "hist":{"<us>":n,...},"stuck":0}
+--   {"proc":1,"seconds":10.0,"ok":123,"p50_ms":1.2,"p99_ms":9.8,"results":{"ok":123,...},
+--    "errors":{"code":n,...},"hist":{"<us>":n,...},"stuck":0}
 -- hist: latencies in microseconds, bucketed by their first 3 significant digits (key = the
 -- bucket's lower bound): exact below 1 ms, within 1% above. stuck: tasks still waiting for a
 -- result 30 s after the end (they are not counted).
@@ -126,10 +126,23 @@ local function run(n, proc)
   stop = true
   local deadline = monotonic_ms() + DRAIN_MS
   while running > 0 and monotonic_ms() < deadline do nuvion.sleep(5) end
-  local h = {}
-  for k, v in pairs(hist) do h[tostring(k)] = v end
-  print(json.encode({ proc = proc, seconds = elapsed_s, ok = ok, tasks = TASKS, results = json.object(results),
-                      errors = json.object(errors), hist = json.object(h), stuck = running }))
+  local h, keys = {}, {}
+  for k, v in pairs(hist) do
+    h[tostring(k)] = v
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  local function percentile(p) -- ms, a bucket's lower bound
+    local rank, seen = math.ceil(ok * p), 0
+    for _, k in ipairs(keys) do
+      seen = seen + hist[k]
+      if seen >= rank then return k / 1000 end
+    end
+    return 0
+  end
+  print(json.encode({ proc = proc, seconds = elapsed_s, ok = ok, tasks = TASKS, p50_ms = percentile(0.5),
+                      p99_ms = percentile(0.99), results = json.object(results), errors = json.object(errors),
+                      hist = json.object(h), stuck = running }))
 end
 
 local args = { ... }
