@@ -32,7 +32,7 @@ local TASKS = tonumber(os.getenv("BENCH_LEDGER_TASKS")) or 128
 local SECONDS = tonumber(os.getenv("BENCH_LEDGER_SECONDS")) or 10
 local WARMUP_S = tonumber(os.getenv("BENCH_LEDGER_WARMUP_S")) or 2
 local DRAIN_MS = 30000
-local ACCOUNTS_CHUNK = 8000 -- events per create_accounts call (below the default batch_max 8189)
+local ACCOUNTS_CHUNK = 1000 -- events per create_accounts call (below the default batch_max, 1024)
 
 local function die(msg)
   io.stderr:write("bench/ledger/load.lua: ", msg, "\n")
@@ -52,13 +52,14 @@ end
 local function create_accounts(n)
   local lg = open()
   local done = 0
+  local chunk = math.min(ACCOUNTS_CHUNK, tonumber(os.getenv("BENCH_LEDGER_BATCH_MAX")) or ACCOUNTS_CHUNK)
   while done < n do
     local list = {}
-    for i = done + 1, math.min(n, done + ACCOUNTS_CHUNK) do
+    for i = done + 1, math.min(n, done + chunk) do
       list[#list + 1] = { id = i, ledger = 1, code = 1 }
     end
     local res, err = lg:create_accounts(list)
-    if not res then die("create_accounts: " .. tostring(err and (err.code or err.message) or err)) end
+    if not res then die("create_accounts: " .. tostring(err.code) .. ": " .. tostring(err.message)) end
     for i, r in ipairs(res) do
       if r ~= "ok" and r ~= "exists" then die(format("create_accounts: account %d: %s", done + i, r)) end
     end
