@@ -15,7 +15,8 @@
 #             the transfer; UPDATE the debit account; UPDATE the credit account; COMMIT; on the
 #             same tables (ledger_accounts, ledger_transfers of sql/ledger/: numeric(39,0)
 #             columns, their checks, primary keys and triggers). Latency from its per-transaction
-#             log (-l). A warm-up run of WARMUP s first, on the same connections count.
+#             log (-l): one run of 5 + WARMUP + SECONDS s, the transactions that ended in its last
+#             SECONDS s counted (its 256 connections take a second or two to open).
 # Both: WARMUP s of warm-up, then SECONDS s measured. Ceiling: COPY of as many transfer rows as
 # ours posted in (a) (warm-up included; 1,000,000 when (a) did not run) from a file into a bare
 # table of ledger_transfers' columns (numeric(39,0) and the same types, no constraint, no index),
@@ -46,6 +47,7 @@ GOAL_TPS=50000
 GOAL_RATIO=20
 GOAL_P99_MS=50
 LOAD_SLACK_S=60 # a load process gets WARMUP + SECONDS + this before it is killed
+PG_CONNECT_S=5  # pgbench runs this much longer than ours: its 256 connections (TLS, SCRAM) come first
 OUT=bench/results/ledger.txt
 DB_PREFIX=nuvion_bench_ledger
 
@@ -109,7 +111,7 @@ PG_CLIENTS=$((MAXCONN - RESERVED - INUSE - 2 * 16))
 
 declare -A ACCOUNTS=([a]=100000 [b]=10 [c]=2)
 declare -A LABEL=([a]="(a) 100,000 accounts, uniform" [b]="(b) 10 hot accounts" [c]="(c) 1 hot pair")
-declare -A O_TPS O_P50 O_P99 O_ERR O_WHAT O_CHECK B_TPS B_P50 B_P99 B_ERR
+declare -A O_TPS O_P50 O_P99 O_ERR O_WHAT O_CHECK B_TPS B_P50 B_P99 B_ERR B_CONNECT
 status=0
 ROWS_A=""
 
@@ -167,32 +169,36 @@ UPDATE ledger_accounts SET credits_posted = credits_posted + :amt WHERE id = :b;
 COMMIT;
 SQL
 
-# baseline SCENARIO: sets B_*[SCENARIO].
+# baseline SCENARIO: sets B_*[SCENARIO]. One pgbench run of PG_CONNECT_S + WARMUP + SECONDS
+# seconds; its per-transaction log (-l) gives the figures of the transactions that ended in its
+# last SECONDS (ours count the same way), the rest was connecting and warm-up.
 baseline() {
-    local s=$1 n=${ACCOUNTS[$1]} db="${DB_PREFIX}_base_$1" url out failed aborted lat
+    local s=$1 n=${ACCOUNTS[$1]} db="${DB_PREFIX}_base_$1" url out aborted stats
     fresh_db "$db" || return 1
     url=$(db_url "$db")
     psql_db "$db" -qc "INSERT INTO ledger_accounts SELECT g, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1
                        FROM generate_series(1, $n) g" -c "VACUUM ANALYZE" >/dev/null
-    # warm-up: ids base 0; measured: ids from 10^15 (client ids * 10^12 + counter below that)
-    "$PGBENCH" -n -c "$PG_CLIENTS" -j 2 -M prepared -T "$WARMUP_S" -D naccounts="$n" -D n=0 -D base=0 \
-        -f "$WORK/transfer.sql" "$url" >"$WORK/pgb_warm_$s.out" 2>&1 || true
-    out=$("$PGBENCH" -n -c "$PG_CLIENTS" -j 2 -M prepared -T "$SECONDS_RUN" -D naccounts="$n" -D n=0 \
-          -D base=1000000000000000 -l --log-prefix="$WORK/pgb_$s" -f "$WORK/transfer.sql" "$url" 2>&1) || true
+    out=$("$PGBENCH" -n -c "$PG_CLIENTS" -j 2 -M prepared -T $((PG_CONNECT_S + WARMUP_S + SECONDS_RUN)) \
+          -D naccounts="$n" -D n=0 -D base=1000000000000000 -l --log-prefix="$WORK/pgb_$s" \
+          -f "$WORK/transfer.sql" "$url" 2>&1) || true
     echo "$out" >"$WORK/pgb_$s.out"
-    B_TPS[$s]=$(echo "$out" | sed -n 's/^tps = \([0-9]*\).*(without initial.*/\1/p')
-    B_TPS[$s]=${B_TPS[$s]:-0}
-    failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
     aborted=$(echo "$out" | grep -c 'aborted' || true)
-    B_ERR[$s]=$((${failed:-0} + aborted))
-    # per-transaction log: client transaction_no latency_us script_no epoch_s epoch_us
-    lat=$(cat "$WORK"/pgb_"$s".* 2>/dev/null | awk '{ print $3 }' | sort -n | awk '
-        { v[NR] = $1 } END {
-            if (NR == 0) { print "0 0"; exit }
-            i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
-            printf "%.2f %.2f\n", v[i50] / 1000, v[i99] / 1000 }')
-    read -r "B_P50[$s]" "B_P99[$s]" <<<"$lat"
-    [ "${B_TPS[$s]}" -gt 0 ] || { log "pgbench ($s): $(tail -n 5 "$WORK/pgb_$s.out")"; }
+    B_CONNECT[$s]=$(echo "$out" | sed -n 's/^initial connection time = \([0-9.]*\) ms.*/\1/p')
+    # log lines: client transaction_no latency_us|failed script_no epoch_s epoch_us
+    cat "$WORK"/pgb_"$s".* 2>/dev/null | awk '{ printf "%d.%06d %s\n", $5, $6, $3 }' >"$WORK/pgb_$s.all"
+    stats=$(awk -v secs="$SECONDS_RUN" '
+        NR == FNR { if ($1 + 0 > tmax) tmax = $1 + 0; next }
+        $1 + 0 > tmax - secs { if ($2 ~ /^[0-9]+$/) print $2; else print "E" }' \
+        "$WORK/pgb_$s.all" "$WORK/pgb_$s.all" | sort -n | awk -v secs="$SECONDS_RUN" '
+        /^E/ { e++; next }
+        { v[++n] = $1 }
+        END {
+            if (n == 0) { printf "0 0 0 %d\n", e; exit }
+            i50 = int(n * 0.50 + 0.999999); i99 = int(n * 0.99 + 0.999999)
+            printf "%d %.2f %.2f %d\n", n / secs + 0.5, v[i50] / 1000, v[i99] / 1000, e }')
+    read -r "B_TPS[$s]" "B_P50[$s]" "B_P99[$s]" "B_ERR[$s]" <<<"$stats"
+    B_ERR[$s]=$((B_ERR[$s] + aborted))
+    [ "${B_TPS[$s]}" -gt 0 ] || log "pgbench ($s): $(tail -n 5 "$WORK/pgb_$s.out")"
     rm -f "$WORK"/pgb_"$s".*
     drop_db "$db"
 }
@@ -271,6 +277,11 @@ report() {
         [ -n "${O_TPS[$s]:-}" ] || continue
         echo "ours ${LABEL[$s]}: money check ${O_CHECK[$s]}; errors: ${O_WHAT[$s]}"
     done
+    printf "pgbench: one run of %d s per scenario (%d s for its connections, warm-up, then the last %d s counted, from its -l log);" \
+        $((PG_CONNECT_S + WARMUP_S + SECONDS_RUN)) "$PG_CONNECT_S" "$SECONDS_RUN"
+    printf " initial connection time:"
+    for s in $SCENARIOS; do printf " (%s) %s ms" "$s" "${B_CONNECT[$s]:-?}"; done
+    echo
     echo "ceiling: COPY of $COPY_ROWS transfer rows from a file (psql \\copy) into a bare table of ledger_transfers' columns:"
     printf "  no constraint, no index:   %9d rows/s; ours (a) / COPY = %s\n" "$COPY_BARE_RPS" \
         "$(awk -v a="${O_TPS[a]:-}" -v b="$COPY_BARE_RPS" 'BEGIN { if (a == "" || b <= 0) print "-"; else printf "%.2f", a / b }')"
