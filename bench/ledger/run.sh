@@ -257,7 +257,8 @@ report() {
     echo "machine: $(nproc) cores; Postgres $PG_VERSION, same server for all; fsync=$FSYNC synchronous_commit=$SYNC"
     echo "$CLIENTS submitters for ours: $PROCS processes x $TASKS tasks, one lg:transfer at a time each;" \
          "pgbench -c $PG_CLIENTS -j 2 -M prepared, one transfer per transaction (sorted FOR UPDATE, insert, 2 updates)"
-    echo "${WARMUP_S} s warm-up, then ${SECONDS_RUN} s measured per run; latency per transfer, submit to result (ms)"
+    echo "${WARMUP_S} s warm-up, then ${SECONDS_RUN} s measured per run; latency per transfer, submit to result (ms);" \
+         "the same URL for both (TLS when the server offers it, sslmode=prefer)"
     echo
     echo "scenario                      | ours tr/s |  p50 ms |  p99 ms | errors | pgbench tr/s |  p50 ms |  p99 ms | errors | ours/pgbench"
     echo "------------------------------|-----------|---------|---------|--------|--------------|---------|---------|--------|-------------"
