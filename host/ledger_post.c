@@ -383,7 +383,10 @@ static int row_transfer(const char **v, const int32_t *l, nv_ledger_transfer *t,
 static int pipe_error(const nv_pg_req *r, char *msg, size_t cap, int *conflict) {
     *conflict = 0;
     if (r->fail != NV_PG_FAIL_NONE) {
-        snprintf(msg, cap, "database: %.150s", r->fail_msg[0] ? r->fail_msg : "connection lost");
+        snprintf(msg, cap, "database: %.150s",
+                 r->fail_msg[0] ? r->fail_msg
+                 : r->fail == NV_PG_FAIL_TIMEOUT ? "no answer within timeout_ms: the connection was closed"
+                                                 : "connection lost");
         return 1;
     }
     for (int i = 0; i < r->nstmts; i++) {
@@ -671,6 +674,7 @@ static void load_done(void *arg, nv_pg_conn *c, nv_pg_req *r) {
     char msg[200];
     int conflict;
     if (pipe_error(r, msg, sizeof msg, &conflict)) {
+        nv_pg_finish(c, 0);
         slot_abort(s, conflict, NV_LEDGER_CALL_UNAVAILABLE, msg);
         return;
     }
