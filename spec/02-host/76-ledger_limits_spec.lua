@@ -16,6 +16,11 @@ local function ids(n)
   return out
 end
 
+-- A single-phase transfer of amount between two accounts of this spec's ledger.
+local function xfer(id, from, to, amount)
+  return { id = id, debit_account_id = from, credit_account_id = to, amount = amount, ledger = LEDGER, code = 1 }
+end
+
 describe("nuvion.ledger limits", function()
   local db, lg, acc
 
@@ -24,7 +29,8 @@ describe("nuvion.ledger limits", function()
     db = pg.pool(URL, { max = 2 })
     lg = ledger.open()
     acc = ids(2)
-    local res = assert(lg:create_accounts({ { id = acc[1], ledger = LEDGER, code = 1 }, { id = acc[2], ledger = LEDGER, code = 1 } }))
+    local res = assert(lg:create_accounts({ { id = acc[1], ledger = LEDGER, code = 1 },
+                                            { id = acc[2], ledger = LEDGER, code = 1 } }))
     assert.same({ "ok", "ok" }, res)
   end)
 
@@ -32,7 +38,7 @@ describe("nuvion.ledger limits", function()
     local small = ledger.open(URL, { batch_max = 3 })
     local id = ids(4)
     local list = {}
-    for i = 1, 4 do list[i] = { id = id[i], debit_account_id = acc[1], credit_account_id = acc[2], amount = 1, ledger = LEDGER, code = 1 } end
+    for i = 1, 4 do list[i] = xfer(id[i], acc[1], acc[2], 1) end
     assert.has_error(function() small:create_transfers(list) end,
       "ledger: create_transfers of 4 events: at most batch_max (3) a call")
     list[4] = nil
@@ -56,7 +62,7 @@ describe("nuvion.ledger limits", function()
     local done = 0
     for i = 1, 3 do
       nuvion.spawn(function()
-        local r, err = tiny:transfer{ id = id[i], debit_account_id = acc[1], credit_account_id = acc[2], amount = 1, ledger = LEDGER, code = 1 }
+        local r, err = tiny:transfer(xfer(id[i], acc[1], acc[2], 1))
         out[i] = r or err.code
         done = done + 1
       end)
@@ -82,7 +88,7 @@ describe("nuvion.ledger limits", function()
     while not locked do nuvion.sleep(5) end
     local id = ids(1)[1]
     local t0 = nuvion.monotonic_ms()
-    local r, err = slow:transfer{ id = id, debit_account_id = acc[1], credit_account_id = acc[2], amount = 1, ledger = LEDGER, code = 1 }
+    local r, err = slow:transfer(xfer(id, acc[1], acc[2], 1))
     local waited = nuvion.monotonic_ms() - t0
     release = true
     assert.is_nil(r)
@@ -93,7 +99,7 @@ describe("nuvion.ledger limits", function()
     local rows = assert(db:query("SELECT count(*) AS n FROM ledger_transfers WHERE id = $1", id))
     assert.equal(0, rows[1].n)
     -- the retry goes through once the lock is gone
-    assert.equal("ok", slow:transfer{ id = id, debit_account_id = acc[1], credit_account_id = acc[2], amount = 1, ledger = LEDGER, code = 1 })
+    assert.equal("ok", slow:transfer(xfer(id, acc[1], acc[2], 1)))
   end)
 
   it("a database that cannot be reached answers ledger_unavailable", function()
@@ -122,15 +128,16 @@ describe("nuvion.ledger limits", function()
 
   it("2^128-1 amounts and ids travel exactly", function()
     local max = "340282366920938463463374607431768211455"
-    local r = lg:transfer{ id = max, debit_account_id = acc[1], credit_account_id = acc[2], amount = 1, ledger = LEDGER, code = 1 }
+    local r = lg:transfer(xfer(max, acc[1], acc[2], 1))
     assert.equal("id_must_not_be_int_max", r)
     local big = ids(2)
-    local res = assert(lg:create_accounts({ { id = big[1], ledger = LEDGER, code = 1 }, { id = big[2], ledger = LEDGER, code = 1 } }))
+    local res = assert(lg:create_accounts({ { id = big[1], ledger = LEDGER, code = 1 },
+                                            { id = big[2], ledger = LEDGER, code = 1 } }))
     assert.same({ "ok", "ok" }, res)
     local id = ids(1)[1]
-    assert.equal("ok", lg:transfer{ id = id, debit_account_id = big[1], credit_account_id = big[2], amount = max, ledger = LEDGER, code = 1 })
+    assert.equal("ok", lg:transfer(xfer(id, big[1], big[2], max)))
     local rows = assert(db:query("SELECT amount::text AS a FROM ledger_transfers WHERE id = $1", id))
     assert.equal(max, rows[1].a)
-    assert.equal("overflows_debits_posted", lg:transfer{ id = id + 1, debit_account_id = big[1], credit_account_id = big[2], amount = 1, ledger = LEDGER, code = 1 })
+    assert.equal("overflows_debits_posted", lg:transfer(xfer(id + 1, big[1], big[2], 1)))
   end)
 end)
