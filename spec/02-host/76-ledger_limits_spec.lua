@@ -105,7 +105,7 @@ describe("nuvion.ledger limits", function()
   it("a database that cannot be reached answers ledger_unavailable", function()
     -- port 1: nothing listens there, the connection is refused at once
     local down = ledger.open("postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2")
-    local r, err = down:transfer{ id = 1, debit_account_id = 2, credit_account_id = 3, amount = 1, ledger = 1, code = 1 }
+    local r, err = down:transfer(xfer(1, 2, 3, 1))
     assert.is_nil(r)
     assert.equal("ledger_unavailable", err.code)
   end)
