@@ -176,16 +176,17 @@ baseline() {
     local s=$1 n=${ACCOUNTS[$1]} db="${DB_PREFIX}_base_$1" url out aborted stats
     fresh_db "$db" || return 1
     url=$(db_url "$db")
+    mkdir -p "$WORK/pgblog"
     psql_db "$db" -qc "INSERT INTO ledger_accounts SELECT g, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1
                        FROM generate_series(1, $n) g" -c "VACUUM ANALYZE" >/dev/null
     out=$("$PGBENCH" -n -c "$PG_CLIENTS" -j 2 -M prepared -T $((PG_CONNECT_S + WARMUP_S + SECONDS_RUN)) \
-          -D naccounts="$n" -D n=0 -D base=1000000000000000 -l --log-prefix="$WORK/pgb_$s" \
+          -D naccounts="$n" -D n=0 -D base=1000000000000000 -l --log-prefix="$WORK/pgblog/$s" \
           -f "$WORK/transfer.sql" "$url" 2>&1) || true
     echo "$out" >"$WORK/pgb_$s.out"
     aborted=$(echo "$out" | grep -c 'aborted' || true)
     B_CONNECT[$s]=$(echo "$out" | sed -n 's/^initial connection time = \([0-9.]*\) ms.*/\1/p')
     # log lines: client transaction_no latency_us|failed script_no epoch_s epoch_us
-    cat "$WORK"/pgb_"$s".* 2>/dev/null | awk '{ printf "%d.%06d %s\n", $5, $6, $3 }' >"$WORK/pgb_$s.all"
+    cat "$WORK"/pgblog/"$s".* 2>/dev/null | awk '{ printf "%d.%06d %s\n", $5, $6, $3 }' >"$WORK/pgb_$s.all"
     stats=$(awk -v secs="$SECONDS_RUN" '
         NR == FNR { if ($1 + 0 > tmax) tmax = $1 + 0; next }
         $1 + 0 > tmax - secs { if ($2 ~ /^[0-9]+$/) print $2; else print "E" }' \
@@ -199,7 +200,7 @@ baseline() {
     read -r "B_TPS[$s]" "B_P50[$s]" "B_P99[$s]" "B_ERR[$s]" <<<"$stats"
     B_ERR[$s]=$((B_ERR[$s] + aborted))
     [ "${B_TPS[$s]}" -gt 0 ] || log "pgbench ($s): $(tail -n 5 "$WORK/pgb_$s.out")"
-    rm -f "$WORK"/pgb_"$s".*
+    rm -f "$WORK"/pgblog/"$s".* "$WORK/pgb_$s.all"
     drop_db "$db"
 }
 
