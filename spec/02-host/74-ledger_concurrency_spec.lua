@@ -1,0 +1,147 @@
+-- nuvion.ledger under concurrent submitters (many tasks of one worker, batched by the posting
+-- layer) on few accounts with debits_must_not_exceed_credits: no overdraft, every "ok" stored
+-- exactly once, every failure stored nowhere, the counters equal to the sum of what was ok.
+local ledger = require "nuvion.ledger"
+local H = require "spec.ledger_helpers"
+
+local new_id = H.ids()
+local L = H.random_ledger()
+local DMNEC = "debits_must_not_exceed_credits"
+
+local TASKS = 300
+local FUND = 5000
+
+describe("nuvion.ledger concurrency", function()
+  local lg, db, bank
+
+  local function open(n, flags)
+    local list, ids = {}, {}
+    for i = 1, n do
+      ids[i] = new_id()
+      list[i] = { id = ids[i], ledger = L, code = 1, flags = flags }
+    end
+    local res = assert(lg:create_accounts(list))
+    for i = 1, n do assert.equals("ok", res[i]) end
+    return unpack(ids)
+  end
+
+  local function tr(id, dr, cr, amount, extra)
+    local t = { id = id or new_id(), debit_account_id = dr, credit_account_id = cr, amount = amount,
+                ledger = L, code = 1 }
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return t
+  end
+
+  local function num(v) return tonumber(H.str(v)) end
+
+  lazy_setup(function()
+    lg = ledger.open()
+    db = H.db()
+    bank = open(1)
+  end)
+
+  it("many tasks draining one account: transfers, holds with posts and voids, linked fee splits", function()
+    local s = open(1, { DMNEC })
+    local k1, k2, k3 = open(3)
+    assert.equals("ok", lg:transfer(tr(nil, bank, s, FUND)))
+    local sinks = { k1, k2, k3 }
+    local ok_ids, failed_ids = {}, {}
+    local moved = { [k1] = 0, [k2] = 0, [k3] = 0 } -- posted into each sink by what was ok
+    local outcomes = {}
+    H.concurrently(TASKS, function(i)
+      local amount = (i * 37) % 50 + 1
+      local sink = sinks[i % 3 + 1]
+      local kind = i % 4
+      if kind == 0 then -- a plain transfer
+        local t = tr(nil, s, sink, amount)
+        local r = assert(lg:transfer(t))
+        outcomes[r] = (outcomes[r] or 0) + 1
+        if r == "ok" then
+          ok_ids[#ok_ids + 1] = t.id
+          moved[sink] = moved[sink] + amount
+        else
+          assert.equals("exceeds_credits", r)
+          failed_ids[#failed_ids + 1] = t.id
+        end
+      elseif kind == 1 or kind == 2 then -- a hold, then a partial post (1) or a void (2)
+        local h = tr(nil, s, sink, amount)
+        local r = assert(lg:hold(h))
+        outcomes[r] = (outcomes[r] or 0) + 1
+        if r ~= "ok" then
+          assert.equals("exceeds_credits", r)
+          failed_ids[#failed_ids + 1] = h.id
+          return
+        end
+        ok_ids[#ok_ids + 1] = h.id
+        local p = { id = new_id(), pending_id = h.id }
+        if kind == 1 then
+          p.amount = amount - i % amount -- 1 .. amount
+          assert.equals("ok", lg:post(p))
+          moved[sink] = moved[sink] + p.amount
+        else
+          assert.equals("ok", lg:void(p))
+        end
+        ok_ids[#ok_ids + 1] = p.id
+      else -- a linked pair: the amount to the sink and a fee of 1 to k3, both or neither
+        local a, b = tr(nil, s, sink, amount, { linked = true }), tr(nil, s, k3, 1)
+        local res = assert(lg:create_transfers({ a, b }))
+        local key = res[1] .. "+" .. res[2]
+        outcomes[key] = (outcomes[key] or 0) + 1
+        if res[1] == "ok" then
+          assert.equals("ok", res[2])
+          ok_ids[#ok_ids + 1], ok_ids[#ok_ids + 2] = a.id, b.id
+          moved[sink] = moved[sink] + amount
+          moved[k3] = moved[k3] + 1
+        else
+          assert.is_true((res[1] == "exceeds_credits" and res[2] == "linked_event_failed") or
+                         (res[1] == "linked_event_failed" and res[2] == "exceeds_credits"),
+                         res[1] .. " " .. res[2])
+          failed_ids[#failed_ids + 1] = a.id
+          failed_ids[#failed_ids + 1] = b.id
+        end
+      end
+    end, 60000)
+    -- more was asked than there was: some failed, some passed
+    assert.is_true(#failed_ids > 0, "nothing failed")
+    assert.is_true(#ok_ids > 0, "nothing passed")
+    -- every ok is stored, once (primary key), every failure nowhere
+    assert.equals(#ok_ids, H.stored_count(db, ok_ids))
+    assert.equals(0, H.stored_count(db, failed_ids))
+    -- the counters are the sums of what was ok; no overdraft; no hold left
+    local total = moved[k1] + moved[k2] + moved[k3]
+    local sc = H.counters(lg, s)
+    assert.same({ "0", tostring(total), "0", tostring(FUND) }, sc)
+    assert.is_true(total <= FUND)
+    for _, k in ipairs(sinks) do
+      assert.same({ "0", "0", "0", tostring(moved[k]) }, H.counters(lg, k))
+    end
+  end)
+
+  it("two accounts paying each other at once: no deadlock, money conserved, limits kept", function()
+    local x, y = open(2, { DMNEC })
+    assert.same({ "ok", "ok" }, assert(lg:create_transfers({ tr(nil, bank, x, 1000), tr(nil, bank, y, 1000) })))
+    local sent = { [x] = 0, [y] = 0 }
+    local ok_ids, failed_ids = {}, {}
+    H.concurrently(TASKS, function(i)
+      local from, to = x, y
+      if i % 2 == 0 then from, to = y, x end
+      local amount = (i * 53) % 97 + 1
+      local t = tr(nil, from, to, amount)
+      local r = assert(lg:transfer(t))
+      if r == "ok" then
+        sent[from] = sent[from] + amount
+        ok_ids[#ok_ids + 1] = t.id
+      else
+        assert.equals("exceeds_credits", r)
+        failed_ids[#failed_ids + 1] = t.id
+      end
+    end, 60000)
+    assert.equals(#ok_ids, H.stored_count(db, ok_ids))
+    assert.equals(0, H.stored_count(db, failed_ids))
+    assert.same({ "0", tostring(sent[x]), "0", tostring(1000 + sent[y]) }, H.counters(lg, x))
+    assert.same({ "0", tostring(sent[y]), "0", tostring(1000 + sent[x]) }, H.counters(lg, y))
+    local cx, cy = H.counters(lg, x), H.counters(lg, y)
+    assert.is_true(num(cx[2]) <= num(cx[4]) and num(cy[2]) <= num(cy[4]))
+    assert.equals(2000, num(cx[4]) - num(cx[2]) + num(cy[4]) - num(cy[2]))
+  end)
+end)
