@@ -19,9 +19,10 @@ describe("nuvion.ledger result codes", function()
   local T = {}              -- transfer ids by name
   local seen_t, seen_a = {}, {}
   local expiring_at         -- monotonic ms when the hold T.h203 has surely expired
+  local far_engine          -- an engine of its own, for a clock pushed 100 years ahead
 
-  local function transfers(list)
-    local res, err = lg:create_transfers(list)
+  local function transfers(list, engine)
+    local res, err = (engine or lg):create_transfers(list)
     assert(res, "create_transfers: " .. tostring(err and err.message))
     assert.equals(#list, #res)
     for _, r in ipairs(res) do seen_t[r] = true end
@@ -58,6 +59,8 @@ describe("nuvion.ledger result codes", function()
   lazy_setup(function()
     lg = ledger.open()
     db = H.db()
+    far_engine = ledger.open(H.URL .. (H.URL:find("?", 1, true) and "&" or "?") .. "application_name=lspec_far")
+    assert.is_true(far_engine ~= lg)
     for _, n in ipairs({ "a1", "a2", "a3", "a4", "a5", "a6", "a8", "a9", "a10", "a11", "a12", "a13", "e1", "e2" }) do
       A[n] = new_id()
     end
@@ -133,7 +136,7 @@ describe("nuvion.ledger result codes", function()
     return t
   end
 
-  -- { want, what, events () -> list, results (default { want }) }
+  -- { want, what, events () -> list, results (default { want }), engine () (default lg) }
   local cases = {
     { "ok", "a plain transfer", function() return { base() } end },
     { "timestamp_must_be_zero", "a timestamp given", function() return { base({ timestamp = 1 }) } end },
@@ -220,6 +223,18 @@ describe("nuvion.ledger result codes", function()
       function() return { base({ debit_account_id = A.a12, amount = 1 }) } end },
     { "overflows_credits", "cp + cpo + 1 wraps",
       function() return { base({ credit_account_id = A.a13, amount = 1 }) } end },
+    { "overflows_timeout", "a hold's deadline past 2^63 ns", function()
+      -- The clock is real: 2^32-1 s from now still fits in 63 bits of ns. The ledger never sets its
+      -- clock below a timestamp it loads, so an account stamped in 2128 (written straight into the
+      -- table) carries the check there. Posted through an engine of its own (another URL), so
+      -- that engine's clock, and no other, jumps ahead.
+      local far, far2 = new_id(), new_id()
+      assert(db:query("INSERT INTO ledger_accounts (id, debits_pending, debits_posted, credits_pending, " ..
+                      "credits_posted, user_data_128, user_data_64, user_data_32, ledger, code, flags, timestamp) " ..
+                      "VALUES ($1::numeric, 0, 0, 0, 0, 0, 0, 0, $2, 1, 0, 5000000000000000000)", far, L))
+      assert.same({ "ok" }, accounts({ { id = far2, ledger = L, code = 1 } }))
+      return { base({ debit_account_id = far, credit_account_id = far2, flags = { "pending" }, timeout = 4294967295 }) }
+    end, nil, function() return far_engine end },
     { "exceeds_credits", "", function() return { base({ debit_account_id = A.a4, amount = 101 }) } end },
     { "exceeds_debits", "", function() return { base({ credit_account_id = A.a5, amount = 101 }) } end },
     { "id_already_failed", "a transient failure retried after funding", function()
@@ -238,11 +253,11 @@ describe("nuvion.ledger result codes", function()
   }
 
   for _, c in ipairs(cases) do
-    local want, what, events, results = c[1], c[2], c[3], c[4]
+    local want, what, events, results, engine = c[1], c[2], c[3], c[4], c[5]
     it(want .. (what ~= "" and (": " .. what) or ""), function()
       local list = events()
       local before = snapshot()
-      local res = transfers(list)
+      local res = transfers(list, engine and engine())
       assert.same(results or { want }, res)
       local ids = {}
       for i, t in ipairs(list) do ids[i] = H.str(t.id) end

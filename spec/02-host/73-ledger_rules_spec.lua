@@ -13,6 +13,7 @@ local new_id = H.ids()
 local L = H.random_ledger()
 
 local EXPIRY_WAIT_MS = 1500 -- a hold of timeout 1 s has expired by then
+local SWEEP_MS = 1000       -- the posting layer's expiry sweep period (NV_LEDGER_POST_SWEEP_MS_DEFAULT)
 local DMNEC = "debits_must_not_exceed_credits"
 local CMNED = "credits_must_not_exceed_debits"
 
@@ -231,19 +232,30 @@ describe("nuvion.ledger rules", function()
       assert.same({ "0", "0", "0", "30" }, counters(f))
     end)
 
-    it("an expired hold stops counting for the next batch on its account, with no post of it", function()
+    it("an expired hold stops counting with no post of it: in the next batch on its accounts, or by the sweep",
+       function()
       local w, f, g = open(1, { DMNEC }), open(2)
+      local w2, f2 = open(1, { DMNEC }), open(1)
       fund(w, 100)
-      local h = new_id()
+      fund(w2, 100)
+      local h, h2 = new_id(), new_id()
+      local started = nuvion.monotonic_ms()
       assert.equals("ok", lg:hold(tr(h, w, f, 100, { timeout = 1 })))
+      assert.equals("ok", lg:hold(tr(h2, w2, f2, 100, { timeout = 1 })))
       assert.equals("exceeds_credits", lg:transfer(tr(nil, w, g, 1)))
+      assert.same({ "100", "0", "0", "100" }, counters(w2))
       nuvion.sleep(EXPIRY_WAIT_MS)
-      local t = new_id()
-      assert.equals("ok", lg:transfer(tr(t, w, g, 100)))
+      -- a batch that locks both accounts of the due hold expires it before its own events
+      assert.equals("ok", lg:transfer(tr(nil, w, f, 100)))
       assert.same({ "0", "100", "0", "100" }, counters(w))
-      assert.same({ "0", "0", "0", "0" }, counters(f))
-      assert.same({ "0", "0", "0", "100" }, counters(g))
+      assert.same({ "0", "0", "0", "100" }, counters(f))
       assert.equals("expired", H.transfer(lg, h).status)
+      -- no batch touches w2 or f2: the sweep (every second) expires h2 within deadline + period
+      nuvion.sleep(started + 1000 + SWEEP_MS + 500 - nuvion.monotonic_ms())
+      assert.equals("expired", H.transfer(lg, h2).status)
+      assert.same({ "0", "0", "0", "100" }, counters(w2))
+      assert.same({ "0", "0", "0", "0" }, counters(f2))
+      assert.equals("ok", lg:transfer(tr(nil, w2, g, 100)))
     end)
   end)
 
