@@ -115,6 +115,51 @@ function _M.failed_result(db, id)
   return rows[1] and rows[1].result
 end
 
+-- The ledger's invariants on one asset, recomputed in SQL from the stored rows: per ledger,
+-- debits equal credits (pending and posted); every account within its limit flags; every
+-- account's counters equal to the sums of its transfers (posted: single-phase and posts; pending:
+-- holds still pending). Returns a list of what is wrong (empty when all hold).
+local SQL_SUMS = [[
+SELECT sum(debits_pending) = sum(credits_pending) AS pending_ok,
+       sum(debits_posted) = sum(credits_posted) AS posted_ok,
+       count(*)::int AS accounts
+  FROM ledger_accounts WHERE ledger = $1]]
+local SQL_LIMITS = [[
+SELECT count(*)::int AS n FROM ledger_accounts
+ WHERE ledger = $1 AND ((flags & 2 <> 0 AND debits_pending + debits_posted > credits_posted)
+    OR (flags & 4 <> 0 AND credits_pending + credits_posted > debits_posted))]]
+local SQL_COUNTERS = [[
+WITH t AS (
+  SELECT t.debit_account_id AS dr, t.credit_account_id AS cr, t.amount,
+         CASE WHEN h.status = 1 THEN t.amount ELSE 0 END AS live,
+         CASE WHEN t.flags & 2 = 0 AND t.flags & 8 = 0 THEN t.amount ELSE 0 END AS posted
+    FROM ledger_transfers t LEFT JOIN ledger_holds h ON h.id = t.id
+   WHERE t.ledger = $1),
+e AS (
+  SELECT dr AS id, live AS dp, posted AS dpo, 0 AS cp, 0 AS cpo FROM t
+  UNION ALL
+  SELECT cr, 0, 0, live, posted FROM t),
+s AS (SELECT id, sum(dp) AS dp, sum(dpo) AS dpo, sum(cp) AS cp, sum(cpo) AS cpo FROM e GROUP BY id)
+SELECT a.id::text AS id FROM ledger_accounts a LEFT JOIN s ON s.id = a.id
+ WHERE a.ledger = $1
+   AND (a.debits_pending <> coalesce(s.dp, 0) OR a.debits_posted <> coalesce(s.dpo, 0)
+     OR a.credits_pending <> coalesce(s.cp, 0) OR a.credits_posted <> coalesce(s.cpo, 0))
+ LIMIT 10]]
+
+function _M.invariants(db, ledger)
+  local wrong = {}
+  local sums = assert(db:query(SQL_SUMS, ledger))[1]
+  if sums.accounts == 0 then wrong[#wrong + 1] = "no accounts on ledger " .. ledger end
+  if sums.pending_ok == false then wrong[#wrong + 1] = "pending debits differ from pending credits" end
+  if sums.posted_ok == false then wrong[#wrong + 1] = "posted debits differ from posted credits" end
+  local lim = assert(db:query(SQL_LIMITS, ledger))[1]
+  if lim.n ~= 0 then wrong[#wrong + 1] = lim.n .. " accounts past their limit flags" end
+  for _, r in ipairs(assert(db:query(SQL_COUNTERS, ledger))) do
+    wrong[#wrong + 1] = "account " .. r.id .. ": counters differ from its transfers"
+  end
+  return wrong
+end
+
 -- flags has bit b (an integer flags field)
 function _M.has_flag(flags, b)
   return math.floor(tonumber(flags) / b) % 2 == 1

@@ -529,16 +529,32 @@ describe("nuvion.ledger rules", function()
 
     it("raise on more than batch_max events and post none of them", function()
       local a, b = open(2)
-      local n = (lg.batch_max or 8189) + 1
-      local list, ids = {}, {}
-      for i = 1, n do
-        list[i] = tr(nil, a, b, 1)
-        ids[i] = list[i].id
+      -- an engine of batch_max 4: 4 events pass, 5 raise
+      local small = ledger.open(nil, { batch_max = 4 })
+      local function list_of(n)
+        local list, ids = {}, {}
+        for i = 1, n do
+          list[i] = tr(nil, a, b, 1)
+          ids[i] = list[i].id
+        end
+        return list, ids
       end
-      local ok = pcall(lg.create_transfers, lg, list)
-      assert.is_false(ok)
-      assert.equals(0, H.stored_count(db, ids))
+      local five, five_ids = list_of(5)
+      assert.is_false((pcall(small.create_transfers, small, five)))
+      assert.equals(0, H.stored_count(db, five_ids))
       assert.same({ "0", "0", "0", "0" }, counters(a))
+      local four = list_of(4)
+      assert.same({ "ok", "ok", "ok", "ok" }, assert(small:create_transfers(four)))
+      assert.same({ "0", "4", "0", "0" }, counters(a))
+      -- past the largest batch there is (8189, TigerBeetle's), whatever the engine's batch_max
+      local many, many_ids = list_of(8190)
+      assert.is_false((pcall(lg.create_transfers, lg, many)))
+      assert.equals(0, H.stored_count(db, many_ids))
+      assert.same({ "0", "4", "0", "0" }, counters(a))
     end)
+  end)
+
+  it("the invariants hold on this file's ledger", function()
+    assert.same({}, H.invariants(db, L))
   end)
 end)

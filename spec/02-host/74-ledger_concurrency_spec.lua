@@ -144,4 +144,8 @@ describe("nuvion.ledger concurrency", function()
     assert.is_true(num(cx[2]) <= num(cx[4]) and num(cy[2]) <= num(cy[4]))
     assert.equals(2000, num(cx[4]) - num(cx[2]) + num(cy[4]) - num(cy[2]))
   end)
+
+  it("the invariants hold on this file's ledger", function()
+    assert.same({}, H.invariants(db, L))
+  end)
 end)
