@@ -1,7 +1,11 @@
 -- nuvion.ledger under concurrent submitters (many tasks of one worker, batched by the posting
 -- layer) on few accounts with debits_must_not_exceed_credits: no overdraft, every "ok" stored
--- exactly once, every failure stored nowhere, the counters equal to the sum of what was ok.
+-- exactly once, every failure stored nowhere, the counters equal to the sum of what was ok. Then
+-- two more worker processes (bin/nuvion run spec/fixtures/ledger/pay.lua) on the same accounts.
 local ledger = require "nuvion.ledger"
+local nuvion = require "nuvion"
+local process = require "nuvion.process"
+local helpers = require "spec.helpers"
 local H = require "spec.ledger_helpers"
 
 local new_id = H.ids()
@@ -9,6 +13,8 @@ local L = H.random_ledger()
 local DMNEC = "debits_must_not_exceed_credits"
 
 local TASKS = 300
+local PROCESS_TASKS = 200 -- per process, and as many in this one
+local PAIR_FUND = 150     -- each of the two accounts: payments of 1..97 both ways often find too little
 local FUND = 5000
 
 describe("nuvion.ledger concurrency", function()
@@ -119,7 +125,8 @@ describe("nuvion.ledger concurrency", function()
 
   it("two accounts paying each other at once: no deadlock, money conserved, limits kept", function()
     local x, y = open(2, { DMNEC })
-    assert.same({ "ok", "ok" }, assert(lg:create_transfers({ tr(nil, bank, x, 1000), tr(nil, bank, y, 1000) })))
+    local fund = { tr(nil, bank, x, PAIR_FUND), tr(nil, bank, y, PAIR_FUND) }
+    assert.same({ "ok", "ok" }, assert(lg:create_transfers(fund)))
     local sent = { [x] = 0, [y] = 0 }
     local ok_ids, failed_ids = {}, {}
     H.concurrently(TASKS, function(i)
@@ -136,13 +143,72 @@ describe("nuvion.ledger concurrency", function()
         failed_ids[#failed_ids + 1] = t.id
       end
     end, 60000)
+    assert.is_true(#ok_ids > 0 and #failed_ids > 0, #ok_ids .. " ok, " .. #failed_ids .. " failed")
     assert.equals(#ok_ids, H.stored_count(db, ok_ids))
     assert.equals(0, H.stored_count(db, failed_ids))
-    assert.same({ "0", tostring(sent[x]), "0", tostring(1000 + sent[y]) }, H.counters(lg, x))
-    assert.same({ "0", tostring(sent[y]), "0", tostring(1000 + sent[x]) }, H.counters(lg, y))
+    assert.same({ "0", tostring(sent[x]), "0", tostring(PAIR_FUND + sent[y]) }, H.counters(lg, x))
+    assert.same({ "0", tostring(sent[y]), "0", tostring(PAIR_FUND + sent[x]) }, H.counters(lg, y))
     local cx, cy = H.counters(lg, x), H.counters(lg, y)
     assert.is_true(num(cx[2]) <= num(cx[4]) and num(cy[2]) <= num(cy[4]))
-    assert.equals(2000, num(cx[4]) - num(cx[2]) + num(cy[4]) - num(cy[2]))
+    assert.equals(2 * PAIR_FUND, num(cx[4]) - num(cx[2]) + num(cy[4]) - num(cy[2]))
+  end)
+
+  it("two worker processes and this one paying between the same two accounts at once", function()
+    local x, y = open(2, { DMNEC })
+    local fund = { tr(nil, bank, x, PAIR_FUND), tr(nil, bank, y, PAIR_FUND) }
+    assert.same({ "ok", "ok" }, assert(lg:create_transfers(fund)))
+    local start_at = nuvion.now() + 1.5 -- all three start together, once the two have loaded
+    local procs = {}
+    for w = 1, 2 do
+      local prefix = new_id() .. "9"
+      procs[w] = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/ledger/pay.lua", x, y,
+                                        tostring(L), tostring(PROCESS_TASKS), tostring(w), prefix,
+                                        string.format("%.3f", start_at) }, { output = "pipe" }))
+    end
+    -- and this worker's own tasks, in the same second
+    local lines = {}
+    nuvion.sleep(math.max(0, math.floor((start_at - nuvion.now()) * 1000)))
+    H.concurrently(PROCESS_TASKS, function(i)
+      local from, to = x, y
+      if i % 2 == 0 then from, to = y, x end
+      local amount = (i * 31) % 97 + 1
+      local t = tr(nil, from, to, amount)
+      local r, err = lg:transfer(t)
+      lines[#lines + 1] = t.id .. " " .. from .. " " .. amount .. " " .. tostring(r or (err and err.code))
+    end, 60000)
+    for w = 1, 2 do
+      local got = 0
+      while true do
+        local line = procs[w]:line(60000)
+        if not line then break end
+        if line:find("^%d+ %d+ %d+ %S+$") then
+          lines[#lines + 1] = line
+          got = got + 1
+        end
+      end
+      local how, code = procs[w]:wait(10000)
+      procs[w]:close()
+      assert.same({ "exit", 0 }, { how, code })
+      assert.equals(PROCESS_TASKS, got)
+    end
+    assert.equals(3 * PROCESS_TASKS, #lines)
+    local sent = { [x] = 0, [y] = 0 }
+    local ok_ids, failed_ids = {}, {}
+    for _, line in ipairs(lines) do
+      local id, from, amount, r = line:match("^(%d+) (%d+) (%d+) (%S+)$")
+      if r == "ok" then
+        sent[from] = sent[from] + tonumber(amount)
+        ok_ids[#ok_ids + 1] = id
+      else
+        assert.equals("exceeds_credits", r, line)
+        failed_ids[#failed_ids + 1] = id
+      end
+    end
+    assert.is_true(#ok_ids > 0 and #failed_ids > 0, #ok_ids .. " ok, " .. #failed_ids .. " failed")
+    assert.equals(#ok_ids, H.stored_count(db, ok_ids))
+    assert.equals(0, H.stored_count(db, failed_ids))
+    assert.same({ "0", tostring(sent[x]), "0", tostring(PAIR_FUND + sent[y]) }, H.counters(lg, x))
+    assert.same({ "0", tostring(sent[y]), "0", tostring(PAIR_FUND + sent[x]) }, H.counters(lg, y))
   end)
 
   it("the invariants hold on this file's ledger", function()
