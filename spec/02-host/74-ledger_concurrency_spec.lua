@@ -153,6 +153,63 @@ describe("nuvion.ledger concurrency", function()
     assert.equals(2 * PAIR_FUND, num(cx[4]) - num(cx[2]) + num(cy[4]) - num(cy[2]))
   end)
 
+  it("one id submitted by many tasks at once: created once, the others exist", function()
+    local a, b = open(2)
+    local id = new_id()
+    local got = {}
+    H.concurrently(20, function(i)
+      -- half the same body, half another amount
+      local r = assert(lg:transfer(tr(id, a, b, i % 2 == 0 and 10 or 11)))
+      got[#got + 1] = r
+    end)
+    local count = {}
+    for _, r in ipairs(got) do count[r] = (count[r] or 0) + 1 end
+    assert.equals(1, count.ok)
+    local amount = H.str(H.transfer(lg, id).amount)
+    assert.is_true(amount == "10" or amount == "11")
+    -- the 9 others with the winner's body exist; the 10 with the other body differ
+    assert.same({ ok = 1, exists = 9, exists_with_different_amount = 10 }, count)
+    assert.same({ "0", amount, "0", "0" }, H.counters(lg, a))
+    assert.same({ "0", "0", "0", amount }, H.counters(lg, b))
+    -- one account id created by many tasks at once
+    local acc = new_id()
+    local res = {}
+    H.concurrently(10, function()
+      local r = assert(lg:create_accounts({ { id = acc, ledger = L, code = 1 } }))[1]
+      res[#res + 1] = r -- (not in one statement: the index would be taken before the call yields)
+    end)
+    table.sort(res)
+    assert.same({ "exists", "exists", "exists", "exists", "exists", "exists", "exists", "exists", "exists", "ok" }, res)
+  end)
+
+  it("many tasks resolving one hold at once: exactly one post or void wins", function()
+    local a, b = open(2)
+    local h = new_id()
+    assert.equals("ok", lg:hold(tr(h, a, b, 100)))
+    local wins, losers = {}, {}
+    H.concurrently(20, function(i)
+      local r
+      if i % 2 == 0 then
+        r = assert(lg:post({ id = new_id(), pending_id = h, amount = 60 }))
+      else
+        r = assert(lg:void({ id = new_id(), pending_id = h }))
+      end
+      if r == "ok" then wins[#wins + 1] = i % 2 == 0 and "post" or "void" else losers[#losers + 1] = r end
+    end)
+    assert.equals(1, #wins)
+    assert.equals(19, #losers)
+    local status = H.transfer(lg, h).status
+    local want_loss = wins[1] == "post" and "pending_transfer_already_posted" or "pending_transfer_already_voided"
+    for _, r in ipairs(losers) do assert.equals(want_loss, r) end
+    if wins[1] == "post" then
+      assert.equals("posted", status)
+      assert.same({ "0", "60", "0", "0" }, H.counters(lg, a))
+    else
+      assert.equals("voided", status)
+      assert.same({ "0", "0", "0", "0" }, H.counters(lg, a))
+    end
+  end)
+
   it("two worker processes and this one paying between the same two accounts at once", function()
     local x, y = open(2, { DMNEC })
     local fund = { tr(nil, bank, x, PAIR_FUND), tr(nil, bank, y, PAIR_FUND) }
