@@ -36,6 +36,10 @@
 #define TRANSFER_NCOLS 14
 
 static const char SQL_BEGIN[] = "BEGIN";
+/* Joins of a batch's few rows with big tables (UPDATE ... FROM unnest(...)) go through the
+ * primary key: without this the planner may hash the whole accounts table for 500 rows. */
+static const char SQL_PLAN[] =
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)";
 static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
 
@@ -670,7 +674,7 @@ static void load_done(void *arg, nv_pg_conn *c, nv_pg_req *r) {
         slot_abort(s, conflict, NV_LEDGER_CALL_UNAVAILABLE, msg);
         return;
     }
-    int rc = load_rows(s, c, r, 1, 2); /* 0 BEGIN, 1 the lock, 2.. transfers, failed ids, due holds */
+    int rc = load_rows(s, c, r, 2, 3); /* 0 BEGIN, 1 plan, 2 the lock, 3.. transfers, failed ids, due holds */
     if (rc == NV_OK) {
         if (s->kind == LP_TRANSFERS)
             rc = nv_ledger_create_transfers(s->st, s->tr, s->n, s->now, (nv_ledger_result *)s->results);
@@ -800,6 +804,7 @@ static void slot_run(lp_slot *s) {
     lp_pipe p = { .nstmts = 0 };
     s->text.len = 0, s->nparams = 0, s->text_err = 0;
     pipe_add(&p, SQL_BEGIN, 0);
+    pipe_add(&p, SQL_PLAN, 0);
     if (s->kind == LP_TRANSFERS) build_transfer_load(s, &p);
     else if (s->kind == LP_ACCOUNTS) build_account_load(s, &p);
     else build_sweep_load(s, &p);
