@@ -315,6 +315,7 @@ describe("nuvion.ledger result codes", function()
       if not seen_t[name] then missing[#missing + 1] = name end
     end
     assert.equals(61, #H.TRANSFER_RESULTS)
+    assert.same(H.TRANSFER_RESULTS, ledger.transfer_results) -- the engine's own list, in its order
     assert.same({}, missing)
   end)
 
@@ -419,6 +420,7 @@ describe("nuvion.ledger result codes", function()
         if not seen_a[name] then missing[#missing + 1] = name end
       end
       assert.equals(21, #H.ACCOUNT_RESULTS)
+      assert.same(H.ACCOUNT_RESULTS, ledger.account_results)
       assert.same({}, missing)
     end)
   end)

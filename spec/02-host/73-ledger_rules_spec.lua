@@ -6,6 +6,8 @@ local ledger = require "nuvion.ledger"
 local nuvion = require "nuvion"
 local pg = require "nuvion.pg"
 local json = require "nuvion.json"
+local process = require "nuvion.process"
+local helpers = require "spec.helpers"
 local H = require "spec.ledger_helpers"
 
 local MAX, MAX_1 = H.MAX, H.MAX_1
@@ -216,6 +218,15 @@ describe("nuvion.ledger rules", function()
       assert.equals("ok", lg:hold(tr(forever, w, f, 30, { timeout = 0 })))
       assert.equals("exceeds_credits", lg:transfer(tr(nil, w, g, 1))) -- the holds count while they live
       assert.same({ "100", "0", "0", "100" }, counters(w))
+      local due = assert(db:query("SELECT h.id::text AS id, h.expires_at = t.timestamp + 1000000000 AS exact, " ..
+                                  "h.expires_at IS NULL AS never FROM ledger_holds h JOIN ledger_transfers t " ..
+                                  "ON t.id = h.id WHERE h.id = ANY (ARRAY[$1::numeric, $2::numeric]) ORDER BY h.id",
+                                  h, forever))
+      assert.equals(2, #due)
+      local by = {}
+      for _, row in ipairs(due) do by[row.id] = row end
+      assert.is_true(by[h].exact)
+      assert.is_true(by[forever].never)
       nuvion.sleep(EXPIRY_WAIT_MS)
       assert.equals("pending_transfer_expired", lg:post({ id = new_id(), pending_id = h }))
       assert.same({ "30", "0", "0", "100" }, counters(w))
@@ -453,6 +464,9 @@ describe("nuvion.ledger rules", function()
       local n = assert(db:query("SELECT count(*)::int AS n FROM ledger_account_balances WHERE account_id = $1::numeric",
                                 hist))
       assert.equals(1, n[1].n)
+      local hrow = assert(db:query("SELECT transfer_id::text AS t, credits_posted::text AS cpo, debits_posted::text " ..
+                                   "AS dpo FROM ledger_account_balances WHERE account_id = $1::numeric", hist))[1]
+      assert.same({ id, "77", "0" }, { hrow.t, hrow.cpo, hrow.dpo })
       refused(H.URL, id, hist)
       local su = os.getenv("NUVION_TEST_DATABASE_URL")
       assert(su, "NUVION_TEST_DATABASE_URL is not set")
@@ -461,6 +475,53 @@ describe("nuvion.ledger rules", function()
       local row = H.transfer(lg, id)
       assert.equals("77", H.str(row.amount))
       assert.same({ "0", "0", "0", "77" }, counters(hist))
+    end)
+  end)
+
+  describe("failed batches", function()
+    it("a batch stuck past timeout_ms fails with a retryable error and nothing applied; the retry applies it once",
+       function()
+      local a, b = open(2)
+      local locked, release, released = false, false, false
+      nuvion.spawn(function()
+        db:tx(function(tx)
+          assert(tx:query("SELECT id FROM ledger_accounts WHERE id = $1::numeric FOR UPDATE", a))
+          locked = true
+          while not release do nuvion.sleep(10) end
+          return true
+        end)
+        released = true
+      end)
+      while not locked do nuvion.sleep(5) end
+      local id = new_id()
+      local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/ledger/stuck.lua", a, b,
+                                       tostring(L), id }, { output = "pipe" }))
+      local lines = {}
+      local function next_line()
+        while true do
+          local line = p:line(15000)
+          if not line or line:find("^%a+ ") and not line:find("^{") then return line end
+          lines[#lines + 1] = line -- a log line
+        end
+      end
+      local first = next_line()
+      release = true
+      local retry, again = next_line(), next_line()
+      local how, code = p:wait(15000)
+      p:close()
+      while not released do nuvion.sleep(5) end
+      -- the worker lived through it (a crash here is the posting layer's, see the logs)
+      assert.same({ "exit", 0 }, { how, code }, table.concat(lines, "\n"))
+      local res, err_code, retryable, waited = (first or ""):match("^first (%S+) (%S+) (%S+) (%d+)$")
+      assert.equals("nil", res, first)
+      assert.is_true(err_code == "ledger_timeout" or err_code == "ledger_unavailable", first)
+      assert.equals("true", retryable)
+      assert.is_true(tonumber(waited) >= 300 and tonumber(waited) < 3000, first)
+      -- nothing of the first call was applied: the retry is the one that creates it
+      assert.equals("retry ok", retry)
+      assert.equals("again exists", again)
+      assert.same({ "0", "5", "0", "0" }, counters(a))
+      assert.equals(1, H.stored_count(db, { id }))
     end)
   end)
 
