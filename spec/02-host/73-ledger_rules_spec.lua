@@ -479,13 +479,16 @@ describe("nuvion.ledger rules", function()
   end)
 
   describe("failed batches", function()
-    it("a batch stuck past timeout_ms fails with a retryable error and nothing applied; the retry applies it once",
-       function()
+    -- Holds a lock (lock_sql, $1 = a) in a transaction of this process while a worker process
+    -- (spec/fixtures/ledger/stuck.lua: an engine of timeout_ms 300) posts transfer id of 5 from
+    -- a to b: its first answer is an error; once the lock is gone its retries are answered. In
+    -- its own process, so that a crash of the posting layer fails this spec only.
+    local function stuck(lock_sql)
       local a, b = open(2)
       local locked, release, released = false, false, false
       nuvion.spawn(function()
         db:tx(function(tx)
-          assert(tx:query("SELECT id FROM ledger_accounts WHERE id = $1::numeric FOR UPDATE", a))
+          if lock_sql:find("$1", 1, true) then assert(tx:query(lock_sql, a)) else assert(tx:query(lock_sql)) end
           locked = true
           while not release do nuvion.sleep(10) end
           return true
@@ -496,32 +499,49 @@ describe("nuvion.ledger rules", function()
       local id = new_id()
       local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/ledger/stuck.lua", a, b,
                                        tostring(L), id }, { output = "pipe" }))
-      local lines = {}
+      local out = { a = a, id = id, logs = {} }
       local function next_line()
         while true do
           local line = p:line(15000)
           if not line or line:find("^%a+ ") and not line:find("^{") then return line end
-          lines[#lines + 1] = line -- a log line
+          out.logs[#out.logs + 1] = line
         end
       end
-      local first = next_line()
+      out.first = next_line()
       release = true
-      local retry, again = next_line(), next_line()
-      local how, code = p:wait(15000)
+      out.retry, out.again = next_line(), next_line()
+      out.how, out.code = p:wait(15000)
       p:close()
       while not released do nuvion.sleep(5) end
-      -- the worker lived through it (a crash here is the posting layer's, see the logs)
-      assert.same({ "exit", 0 }, { how, code }, table.concat(lines, "\n"))
-      local res, err_code, retryable, waited = (first or ""):match("^first (%S+) (%S+) (%S+) (%d+)$")
-      assert.equals("nil", res, first)
-      assert.is_true(err_code == "ledger_timeout" or err_code == "ledger_unavailable", first)
+      -- the worker lived through it (a crash here is the posting layer's: see the logs)
+      assert.same({ "exit", 0 }, { out.how, out.code }, table.concat(out.logs, "\n"))
+      local res, err_code, retryable, waited = (out.first or ""):match("^first (%S+) (%S+) (%S+) (%d+)$")
+      assert.equals("nil", res, out.first)
       assert.equals("true", retryable)
-      assert.is_true(tonumber(waited) >= 300 and tonumber(waited) < 3000, first)
+      assert.is_true(tonumber(waited) >= 300 and tonumber(waited) < 3000, out.first)
+      out.err_code = err_code
+      return out
+    end
+
+    it("a batch stuck in its load past timeout_ms fails with a retryable error, nothing applied; the retry applies it",
+       function()
+      local o = stuck("SELECT id FROM ledger_accounts WHERE id = $1::numeric FOR UPDATE")
+      assert.is_true(o.err_code == "ledger_unavailable" or o.err_code == "ledger_timeout", o.first)
       -- nothing of the first call was applied: the retry is the one that creates it
-      assert.equals("retry ok", retry)
-      assert.equals("again exists", again)
-      assert.same({ "0", "5", "0", "0" }, counters(a))
-      assert.equals(1, H.stored_count(db, { id }))
+      assert.equals("retry ok", o.retry)
+      assert.equals("again exists", o.again)
+      assert.same({ "0", "5", "0", "0" }, counters(o.a))
+      assert.equals(1, H.stored_count(db, { o.id }))
+    end)
+
+    it("a batch stuck in its commit past timeout_ms answers ledger_timeout; retries find it once", function()
+      -- the load reads, the write's INSERT waits for the table lock: the COMMIT is sent, no answer
+      local o = stuck("LOCK TABLE ledger_transfers IN EXCLUSIVE MODE")
+      assert.equals("ledger_timeout", o.err_code, o.first)
+      assert.is_true(o.retry == "retry ok" or o.retry == "retry exists", o.retry)
+      assert.equals("again exists", o.again)
+      assert.same({ "0", "5", "0", "0" }, counters(o.a))
+      assert.equals(1, H.stored_count(db, { o.id }))
     end)
   end)
 

@@ -210,6 +210,37 @@ describe("nuvion.ledger concurrency", function()
     end
   end)
 
+  it("past queue_max a call is refused at once with ledger_overloaded, nothing of it applied; its retry passes",
+     function()
+    local a, b = open(2)
+    local small = ledger.open(nil, { queue_max = 3, inflight = 1 })
+    local got = {}
+    H.concurrently(30, function(i)
+      local t = tr(nil, a, b, 1)
+      local r, err = small:transfer(t)
+      got[i] = { t = t, r = r, err = err }
+    end)
+    local ok_ids, over = {}, {}
+    for _, g in ipairs(got) do
+      if g.r == "ok" then
+        ok_ids[#ok_ids + 1] = g.t.id
+      else
+        assert.is_nil(g.r)
+        assert.equals("ledger_overloaded", g.err.code)
+        assert.is_true(g.err.retryable)
+        over[#over + 1] = g.t
+      end
+    end
+    assert.is_true(#over > 0 and #ok_ids > 0, #ok_ids .. " ok, " .. #over .. " overloaded")
+    local over_ids = {}
+    for i, t in ipairs(over) do over_ids[i] = t.id end
+    assert.equals(#ok_ids, H.stored_count(db, ok_ids))
+    assert.equals(0, H.stored_count(db, over_ids))
+    assert.same({ "0", tostring(#ok_ids), "0", "0" }, H.counters(lg, a))
+    for _, t in ipairs(over) do assert.equals("ok", small:transfer(t)) end
+    assert.same({ "0", "30", "0", "0" }, H.counters(lg, a))
+  end)
+
   it("two worker processes and this one paying between the same two accounts at once", function()
     local x, y = open(2, { DMNEC })
     local fund = { tr(nil, bank, x, PAIR_FUND), tr(nil, bank, y, PAIR_FUND) }
