@@ -293,7 +293,7 @@ static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def, int64_t 
     return v;
 }
 
-/* new(pool, opts) -> engine */
+/* new(pool, opts) -> engine, batch_max */
 static int l_new(lua_State *L) {
     nv_pg_pool *p = nv_pg_pool_of(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -310,7 +310,8 @@ static int l_new(lua_State *L) {
     lua_setmetatable(L, -2);
     h->e = nv_ledger_engine_new(p, &cfg);
     if (h->e == NULL) return luaL_error(L, "ledger.open: out of memory");
-    return 1;
+    lua_pushinteger(L, (lua_Integer)cfg.batch_max);
+    return 2;
 }
 
 static int l_gc(lua_State *L) {

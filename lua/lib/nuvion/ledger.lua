@@ -52,12 +52,13 @@ function _M.open(url, opts)
   local inflight = opts.inflight or 2
   -- the batches' pool: one connection per batch in flight
   local posting = pg.pool(url, { max = inflight, queue = 64, prepare = true })
-  local engine = c.new(posting.ud, {
+  local engine, batch_max = c.new(posting.ud, {
     batch_max = opts.batch_max, batch_wait_us = opts.batch_wait_us, inflight = opts.inflight,
     queue_max = opts.queue_max, timeout_ms = opts.timeout_ms, sweep_ms = opts.sweep_ms,
   })
   lg = setmetatable({
     engine = engine,
+    batch_max = batch_max,
     posting = posting, -- keeps the pool's handle alive with the engine
     db = pg.pool(url, { max = opts.read_connections or READ_CONNECTIONS }),
   }, Ledger)
@@ -78,15 +79,22 @@ local function finish(call)
   return nil, { code = code, message = message, hint = HINTS[code], retryable = true }
 end
 
+local function check_list(self, list, what)
+  if type(list) ~= "table" then error("ledger: " .. what .. " takes a list", 3) end
+  if #list > self.batch_max then
+    error("ledger: " .. what .. " of " .. #list .. " events: at most batch_max (" .. self.batch_max .. ") a call", 3)
+  end
+end
+
 -- create_accounts(list) -> { result names } | nil, err
 function Ledger:create_accounts(list)
-  if type(list) ~= "table" then error("ledger: create_accounts takes a list of accounts", 2) end
+  check_list(self, list, "create_accounts")
   return finish(self.engine:create_accounts(list))
 end
 
 -- create_transfers(list) -> { result names } | nil, err
 function Ledger:create_transfers(list)
-  if type(list) ~= "table" then error("ledger: create_transfers takes a list of transfers", 2) end
+  check_list(self, list, "create_transfers")
   return finish(self.engine:create_transfers(list))
 end
 
