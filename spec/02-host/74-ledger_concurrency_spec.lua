@@ -210,6 +210,24 @@ describe("nuvion.ledger concurrency", function()
     end
   end)
 
+  it("concurrent calls are gathered into batches, none larger than batch_max", function()
+    local a, b = open(2)
+    for _, case in ipairs({ { batch_max = 1024, most = 20 }, { batch_max = 8, most = 200 } }) do
+      -- an engine of its own, with no sweep: its stats count these calls' batches only
+      local eng = ledger.open(nil, { batch_max = case.batch_max, inflight = 1, sweep_ms = 0 })
+      local before = eng:stats()
+      H.concurrently(200, function()
+        assert.equals("ok", eng:transfer(tr(nil, a, b, 1)))
+      end)
+      local after = eng:stats()
+      local batches = after.batches - before.batches
+      assert.equals(200, after.events - before.events)
+      assert.is_true(batches <= case.most, batches .. " batches")
+      assert.is_true(batches * case.batch_max >= 200, batches .. " batches of at most " .. case.batch_max)
+    end
+    assert.same({ "0", "400", "0", "0" }, H.counters(lg, a))
+  end)
+
   it("past queue_max a call is refused at once with ledger_overloaded, nothing of it applied; its retry passes",
      function()
     local a, b = open(2)
