@@ -46,6 +46,7 @@ struct nv_ledger_state {
     uint8_t *acc_created;
     ledger_index tr_ix;
     nv_ledger_transfer *tr;
+    nv_ledger_balance *tr_after; /* per entry: debit then credit account counters after it */
     uint8_t *tr_status, *tr_status_before, *tr_new;
     ledger_index failed_ix;
     nv_u128 *failed_new;
@@ -203,6 +204,7 @@ static void state_carve(arena *a, nv_ledger_state *st, uint32_t n)
     st->acc_created = carve(a, accs);
     ix_carve(a, &st->tr_ix, trs);
     st->tr = carve(a, trs * sizeof(nv_ledger_transfer));
+    st->tr_after = carve(a, 2 * trs * sizeof(nv_ledger_balance));
     st->tr_status = carve(a, trs);
     st->tr_status_before = carve(a, trs);
     st->tr_new = carve(a, trs);
@@ -427,6 +429,18 @@ static uint32_t row_add(nv_ledger_state *st, const nv_ledger_transfer *row, uint
     return e;
 }
 
+static nv_ledger_balance balance_of(const nv_ledger_account *a)
+{
+    return (nv_ledger_balance){ a->debits_pending, a->debits_posted, a->credits_pending, a->credits_posted };
+}
+
+/* The counters of both accounts right after the row in entry e was applied. */
+static void row_snapshot(nv_ledger_state *st, uint32_t e, uint32_t dr, uint32_t cr)
+{
+    st->tr_after[2 * e] = balance_of(&st->acc[dr]);
+    st->tr_after[2 * e + 1] = balance_of(&st->acc[cr]);
+}
+
 /* ---- create_transfers: the checks ---------------------------------------------------- */
 
 #define R(name) NV_LEDGER_TR_##name
@@ -602,6 +616,7 @@ static nv_ledger_result post_or_void(nv_ledger_state *st, const nv_ledger_transf
     if (row.user_data_32 == 0) row.user_data_32 = p.user_data_32;
     row.timestamp = ts;
     u->row = row_add(st, &row, NV_LEDGER_PENDING_NONE);
+    row_snapshot(st, u->row, dr, cr);
     return R(ok);
 }
 
@@ -679,6 +694,7 @@ static nv_ledger_result single_or_hold(nv_ledger_state *st, const nv_ledger_tran
     row.amount = amount;
     row.timestamp = ts;
     u->row = row_add(st, &row, hold ? NV_LEDGER_PENDING_PENDING : NV_LEDGER_PENDING_NONE);
+    row_snapshot(st, u->row, dr, cr);
     return R(ok);
 }
 
@@ -830,7 +846,8 @@ static void effects_gather(nv_ledger_state *st)
     for (uint32_t e = 0; e < st->tr_ix.count; e++) {
         if (st->tr_ix.dead[e]) continue;
         if (st->tr_new[e])
-            st->out_rows[st->out_rows_n++] = (nv_ledger_new_transfer){ st->tr[e], (nv_ledger_pending_status)st->tr_status[e] };
+            st->out_rows[st->out_rows_n++] = (nv_ledger_new_transfer){
+                st->tr[e], (nv_ledger_pending_status)st->tr_status[e], st->tr_after[2 * e], st->tr_after[2 * e + 1] };
         else if (st->tr_status[e] != st->tr_status_before[e])
             st->out_pend[st->out_pend_n++] = (nv_ledger_pending_change){
                 st->tr[e].id, (nv_ledger_pending_status)st->tr_status_before[e],
@@ -862,6 +879,15 @@ int nv_ledger_create_transfers(nv_ledger_state *st, const nv_ledger_transfer *ba
     static const chain_ops ops = { transfer_run, transfer_undo, transfer_linked };
     _Static_assert(sizeof(nv_ledger_result) == sizeof(int), "results are written as int");
     chain_run(st, &ops, batch, n, now_ns, (int *)results);
+    effects_gather(st);
+    return NV_OK;
+}
+
+int nv_ledger_expire(nv_ledger_state *st, uint64_t now_ns)
+{
+    if (st->checked || now_ns < st->ts_loaded_max) return NV_ERR;
+    if (holds_prepare(st, NULL, 0, now_ns) != NV_OK) return NV_ERR;
+    st->checked = 1;
     effects_gather(st);
     return NV_OK;
 }

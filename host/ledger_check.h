@@ -136,9 +136,16 @@ typedef struct nv_ledger_account_change {
     int created;              /* 1: a new account (create_accounts) to insert */
 } nv_ledger_account_change;
 
+/* An account's four counters at one moment (for history rows). */
+typedef struct nv_ledger_balance {
+    nv_u128 debits_pending, debits_posted, credits_pending, credits_posted;
+} nv_ledger_balance;
+
 typedef struct nv_ledger_new_transfer {
     nv_ledger_transfer transfer;
     nv_ledger_pending_status status; /* a hold may be posted or voided in its own batch */
+    nv_ledger_balance debit_after;   /* the debit account's counters right after this transfer */
+    nv_ledger_balance credit_after;  /* the credit account's */
 } nv_ledger_new_transfer;
 
 typedef struct nv_ledger_pending_change {
@@ -178,6 +185,10 @@ int nv_ledger_create_transfers(nv_ledger_state *st, const nv_ledger_transfer *ba
                                uint64_t now_ns, nv_ledger_result *results);
 int nv_ledger_create_accounts(nv_ledger_state *st, const nv_ledger_account *batch, uint32_t n,
                               uint64_t now_ns, nv_ledger_account_result *results);
+
+/* Expiry alone, no event: every loaded hold still pending whose deadline is at or before now_ns
+ * (and whose two accounts are loaded) expires. For a sweep of due holds; one check per state. */
+int nv_ledger_expire(nv_ledger_state *st, uint64_t now_ns);
 
 /* (4) Effects of the last check. Pointers stay valid until reset or free. */
 /* New transfer rows in batch order, with timestamps; a post or void carries the accounts,

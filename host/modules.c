@@ -4,6 +4,7 @@
 #include "crypto.h"
 #include "http_client.h"
 #include "json.h"
+#include "ledger_lua.h"
 #include "pg.h"
 #include "process.h"
 #include "redis.h"
@@ -18,5 +19,6 @@ const nv_module nv_modules[] = {
     {"nuvion.http_c", luaopen_nuvion_http_c},
     {"nuvion.redis_c", luaopen_nuvion_redis_c},
     {"nuvion.pg_c", luaopen_nuvion_pg_c},
+    {"nuvion.ledger_c", luaopen_nuvion_ledger_c},
     {NULL, NULL},
 };

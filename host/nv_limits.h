@@ -173,4 +173,18 @@
 #define NV_LEDGER_TRANSFERS_PER_EVENT 3            /* transfer rows one event may bring: its id, its pending_id, the row it adds */
 #define NV_LEDGER_FAILED_IDS_PER_EVENT 3           /* failed ids per event: its id and pending_id loaded, one added */
 
+/* Ledger posting (ledger_post.c): options of ledger.open, default and bounds */
+#define NV_LEDGER_POST_BATCH_DEFAULT 1024          /* events of one batch (one engine state: ~3 KiB an event) */
+#define NV_LEDGER_POST_INFLIGHT_DEFAULT 2          /* batches in flight at once per engine, each on its own connection */
+#define NV_LEDGER_POST_INFLIGHT_MAX 16
+#define NV_LEDGER_POST_WAIT_US_MAX 100000          /* batch_wait_us: how long the first event may wait for others */
+#define NV_LEDGER_POST_QUEUE_DEFAULT 65536         /* events waiting for a batch; one more gets ledger_overloaded */
+#define NV_LEDGER_POST_QUEUE_MAX 1048576
+#define NV_LEDGER_POST_TIMEOUT_MS_DEFAULT 10000    /* one round trip of a batch; past it the connection is closed */
+#define NV_LEDGER_POST_TIMEOUT_MS_MAX 600000
+#define NV_LEDGER_POST_SWEEP_MS_DEFAULT 1000       /* expiry sweep of due holds; 0: none */
+#define NV_LEDGER_POST_SWEEP_MS_MAX 3600000
+#define NV_LEDGER_POST_RETRIES 3                   /* re-runs of a batch after a conflict (unique, deadlock, a hold seen late) */
+#define NV_LEDGER_POST_CALL_EVENTS_MAX NV_LEDGER_BATCH_TRANSFERS_MAX /* events of one call (and batch_max's bound) */
+
 #endif

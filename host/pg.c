@@ -374,6 +374,10 @@ static int conn_send(nv_pg_conn *c, nv_pg_req *r) {
 /* ---- receiving ---- */
 
 static void wake_with_lease(nv_pg_conn *c) {
+    if (c->req->done != NULL) {
+        c->req->done(c->req->done_arg, c, c->req);
+        return;
+    }
     nv_task *t = c->req->task;
     lua_pushinteger(t->co, c->slot);
     lua_pushnumber(t->co, (lua_Number)c->lease);
@@ -401,6 +405,20 @@ static void conn_lost_as(nv_pg_conn *c, const char *why, nv_pg_fail fail) {
 }
 
 static void conn_lost(nv_pg_conn *c, const char *why) { conn_lost_as(c, why, NV_PG_FAIL_LOST); }
+
+/* r failed before it reached a connection: its task gets 0, failure; a C caller its done. */
+static void req_fail(nv_pg_req *r, nv_pg_fail f) {
+    if (r->done != NULL) {
+        r->fail = f;
+        r->done(r->done_arg, NULL, r);
+        return;
+    }
+    nv_task *t = r->task;
+    nv_pg_req_free(r);
+    lua_pushinteger(t->co, 0);
+    lua_pushinteger(t->co, f);
+    nv_task_wake(t, 2);
+}
 
 static void conn_done(nv_pg_conn *c) {
     nv_pg_req *r = c->req;
@@ -613,11 +631,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         nv_pg_req *r = wait_pop(p); /* first: the others may get a new connection, not this one */
         pool_maybe_connect(p);
         if (r == NULL) return;
-        nv_task *t = r->task;
-        nv_pg_req_free(r);
-        lua_pushinteger(t->co, 0);
-        lua_pushinteger(t->co, NV_PG_FAIL_CONNECT);
-        nv_task_wake(t, 2);
+        req_fail(r, NV_PG_FAIL_CONNECT);
         return;
     }
     if (c->busy) {
@@ -680,11 +694,7 @@ static void wait_timer_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     wait_pop(p);
-    nv_task *t = r->task;
-    nv_pg_req_free(r);
-    lua_pushinteger(t->co, 0);
-    lua_pushinteger(t->co, NV_PG_FAIL_POOL_TIMEOUT);
-    nv_task_wake(t, 2);
+    req_fail(r, NV_PG_FAIL_POOL_TIMEOUT);
 }
 
 /* Opens connections while waiters outnumber the ones being opened, up to max. */
@@ -1101,6 +1111,95 @@ static int l_setup(lua_State *L) {
         lua_rawseti(L, lua_upvalueindex(1), i);
     }
     return 0;
+}
+
+/* ---- C callers on the loop (host/ledger_post.c) ---- */
+
+nv_pg_pool *nv_pg_pool_of(lua_State *L, int idx) {
+    pool_handle *h = luaL_checkudata(L, idx, POOL_MT);
+    if (h->pool == NULL) luaL_error(L, "pg: pool is closed");
+    return h->pool;
+}
+
+void nv_pg_pool_ref(nv_pg_pool *p) { p->refs++; }
+
+void nv_pg_pool_unref(nv_pg_pool *p) {
+    nv_assert(p->refs > 0);
+    if (--p->refs == 0) pool_destroy(p);
+}
+
+int nv_pg_submit(nv_pg_pool *p, nv_pg_conn *held, nv_pg_req *r, nv_pg_done_fn done, void *arg) {
+    nv_assert(done != NULL);
+    r->task = NULL, r->done = done, r->done_arg = arg;
+    if (r->timeout_ms <= 0) r->timeout_ms = p->cfg.query_timeout_ms;
+    if (held != NULL) {
+        nv_assert(held->pool == p && held->req == NULL);
+        if (held->state == NV_PG_CONN_DEAD || conn_send(held, r) != NV_OK) {
+            conn_close(held);
+            held->state = NV_PG_CONN_DEAD;
+            nv_pg_req_free(r);
+            return NV_ERR;
+        }
+        return NV_OK;
+    }
+    nv_pg_conn *c;
+    while ((c = p->idle) != NULL) {
+        idle_remove(p, c);
+        conn_lease(p, c);
+        if (conn_send(c, r) == NV_OK) return NV_OK;
+        r->fail_msg[0] = '\0';
+        conn_free(c);
+    }
+    if (p->nwait >= p->cfg.queue_max) {
+        nv_pg_req_free(r);
+        return NV_ERR;
+    }
+    r->deadline_us = nv_rt_now_us() + (uint64_t)p->cfg.pool_timeout_ms * 1000;
+    wait_push(p, r, 0);
+    pool_maybe_connect(p);
+    return NV_OK;
+}
+
+void nv_pg_finish(nv_pg_conn *c, int release) {
+    nv_assert(!c->busy);
+    nv_pg_req_free(c->req);
+    c->req = NULL;
+    if (release) pool_release(c->pool, c);
+}
+
+void nv_pg_abandon(nv_pg_pool *p, nv_pg_req *r) {
+    nv_pg_conn *c = NULL;
+    for (int i = 1; i <= NV_PG_POOL_SIZE_MAX && c == NULL; i++)
+        if (p->conns[i] != NULL && p->conns[i]->req == r) c = p->conns[i];
+    if (c == NULL) { /* still waiting for a connection */
+        nv_pg_req **pp = &p->wait_head, *prev = NULL;
+        while (*pp != NULL && *pp != r) prev = *pp, pp = &(*pp)->next;
+        nv_assert(*pp == r);
+        *pp = r->next;
+        if (p->wait_tail == r) p->wait_tail = prev;
+        p->nwait--;
+        wait_arm(p);
+        nv_pg_req_free(r);
+        return;
+    }
+    event_del(c->tev);
+    c->busy = 0;
+    conn_close(c);
+    c->state = NV_PG_CONN_DEAD;
+    pool_release(p, c); /* frees r and the dead connection */
+}
+
+size_t nv_pg_row(const nv_pg_conn *c, const nv_pg_out *o, size_t cursor, const char **vals, int32_t *lens) {
+    for (int f = 0; f < o->nfields; f++) {
+        int32_t len;
+        nv_assert(cursor + 4 <= c->rows.len);
+        memcpy(&len, c->rows.data + cursor, 4);
+        cursor += 4;
+        lens[f] = len;
+        vals[f] = len < 0 ? NULL : c->rows.data + cursor;
+        if (len >= 0) cursor += (size_t)len + 1;
+    }
+    return cursor;
 }
 
 int luaopen_nuvion_pg_c(lua_State *L) {

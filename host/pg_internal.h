@@ -61,9 +61,16 @@ typedef struct nv_pg_out {
 } nv_pg_out;
 
 typedef struct nv_pg_req nv_pg_req;
+typedef struct nv_pg_conn nv_pg_conn;
+/* A C caller's completion (instead of a task): c is NULL when r never reached a connection
+ * (r->fail says why; the callee frees r), else r is c->req and the callee ends with
+ * nv_pg_finish(c, ...). Called exactly once, from the loop. */
+typedef void (*nv_pg_done_fn)(void *arg, nv_pg_conn *c, nv_pg_req *r);
 struct nv_pg_req {
     nv_pg_req *next; /* the pool's wait queue (FIFO) */
-    nv_task *task;   /* waits for the outcome */
+    nv_task *task;   /* waits for the outcome (NULL when done is set) */
+    nv_pg_done_fn done;
+    void *done_arg;
     uint64_t deadline_us;
     int64_t timeout_ms;
     unsigned flags;  /* NV_PG_REQ_* */
@@ -101,7 +108,6 @@ typedef struct nv_pg_cached {
 _Static_assert((NV_PG_STMT_CACHE_SLOTS & (NV_PG_STMT_CACHE_SLOTS - 1)) == 0, "cache slots: a power of 2");
 
 typedef struct nv_pg_pool nv_pg_pool;
-typedef struct nv_pg_conn nv_pg_conn;
 struct nv_pg_conn {
     nv_pg_pool *pool;
     PGconn *pg;
@@ -160,7 +166,31 @@ struct nv_pg_pool {
     char conn_err[NV_PG_ERROR_BYTES];
 };
 
+/* pg.c: for C callers on the loop (host/ledger_post.c). */
+/* The pool behind a nuvion.pg pool handle at idx (raises on anything else). */
+nv_pg_pool *nv_pg_pool_of(lua_State *L, int idx);
+/* Keeps p alive without a Lua handle; unref may destroy it. */
+void nv_pg_pool_ref(nv_pg_pool *p);
+void nv_pg_pool_unref(nv_pg_pool *p);
+/* Sends r on held (a connection this caller kept from an earlier request), else on any
+ * connection of p (queued when none is free). NV_OK: done(arg, ...) runs later, once. NV_ERR:
+ * r is freed; the queue is full, or held is unusable (it is then closed: finish it). */
+int nv_pg_submit(nv_pg_pool *p, nv_pg_conn *held, nv_pg_req *r, nv_pg_done_fn done, void *arg);
+/* The caller is done with c's request: frees it; release 1 gives c back to the pool (closed
+ * when it is inside a transaction or broken), 0 keeps it for the next nv_pg_submit. */
+void nv_pg_finish(nv_pg_conn *c, int release);
+/* Forgets r for good: off the wait queue, or its connection closed (the server rolls back an
+ * open transaction). done never runs. For a caller that goes away with requests in flight. */
+void nv_pg_abandon(nv_pg_pool *p, nv_pg_req *r);
+/* Row i of statement o as field pointers: vals[f] (NUL-terminated text, NULL for SQL NULL)
+ * and lens[f]. Rows are walked in order: pass the cursor back (start at o->rows_off). */
+size_t nv_pg_row(const nv_pg_conn *c, const nv_pg_out *o, size_t cursor, const char **vals, int32_t *lens);
+
 /* pg_types.c */
+/* A request of nstmts statements, statement i with nparams[i] text parameters, zeroed, one
+ * allocation (freed by nv_pg_req_free). The caller sets stmts[i].sql and values[k] (lengths
+ * are not used for text); both stay the caller's memory until the request is finished. */
+nv_pg_req *nv_pg_req_alloc(int nstmts, const int *nparams);
 /* Packs the statement at stack index sql_idx (SQL then params up to the top) into a request.
  * Raises on a caller's bug (bad parameter), before anything is allocated. */
 nv_pg_req *nv_pg_pack_args(lua_State *L, int uv, int sql_idx);

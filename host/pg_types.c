@@ -310,6 +310,41 @@ nv_pg_req *nv_pg_pack_list(lua_State *L, int uv, int list) {
     return pack_end(L, nstmts, total);
 }
 
+nv_pg_req *nv_pg_req_alloc(int nstmts, const int *nparams) {
+    nv_assert(nstmts >= 1 && nstmts <= NV_PG_PIPELINE_STATEMENTS_MAX);
+    int total = 0;
+    for (int i = 0; i < nstmts; i++) {
+        nv_assert(nparams[i] >= 0 && nparams[i] <= NV_PG_PARAMS_MAX);
+        total += nparams[i];
+    }
+    size_t head = align8(sizeof(nv_pg_req)) + align8(nstmts * sizeof(nv_pg_stmt)) +
+                  align8(nstmts * sizeof(nv_pg_out));
+    size_t arrays = align8(total * sizeof(char *)) + align8(total * sizeof(int)) * 2 +
+                    align8(total * sizeof(Oid));
+    char *block = calloc(1, head + arrays);
+    if (block == NULL) return NULL;
+    nv_pg_req *r = (nv_pg_req *)block;
+    char *at = block + align8(sizeof(nv_pg_req));
+    r->stmts = (nv_pg_stmt *)at, at += align8(nstmts * sizeof(nv_pg_stmt));
+    r->outs = (nv_pg_out *)at, at += align8(nstmts * sizeof(nv_pg_out));
+    const char **values = (const char **)at;
+    at += align8(total * sizeof(char *));
+    int *lengths = (int *)at;
+    at += align8(total * sizeof(int));
+    int *formats = (int *)at;
+    at += align8(total * sizeof(int));
+    Oid *types = (Oid *)at;
+    r->nstmts = nstmts;
+    for (int i = 0, first = 0; i < nstmts; i++) {
+        nv_pg_stmt *st = &r->stmts[i];
+        st->nparams = nparams[i];
+        st->values = values + first, st->lengths = lengths + first;
+        st->formats = formats + first, st->types = types + first;
+        first += nparams[i];
+    }
+    return r;
+}
+
 void nv_pg_req_free(nv_pg_req *r) {
     if (r == NULL) return;
     for (int i = 0; i < r->nstmts; i++) PQclear(r->outs[i].res);

@@ -1045,6 +1045,60 @@ static void test_random_batches(void)
     db_free(d);
 }
 
+/* ---- what the posting layer reads: expiry alone, balances after each row ---------- */
+
+static void test_expire_alone(void)
+{
+    nv_ledger_state *st = nv_ledger_state_new(4);
+    nv_ledger_account a = account(1, 1, 0), b = account(2, 1, 0);
+    a.debits_pending = 30, b.credits_pending = 30;
+    CHECK(nv_ledger_state_add_account(st, &a) == NV_OK && nv_ledger_state_add_account(st, &b) == NV_OK);
+    nv_ledger_transfer h = transfer(9, 1, 2, 30, F_(PENDING));
+    h.timeout_s = 1, h.timestamp = 5 * S_NS;
+    CHECK(nv_ledger_state_add_transfer(st, &h, NV_LEDGER_PENDING_PENDING) == NV_OK);
+    CHECK(nv_ledger_expire(st, 5 * S_NS - 1) == NV_ERR); /* below what is loaded: the clock went back */
+    nv_ledger_state_reset(st);
+    CHECK(nv_ledger_state_add_account(st, &a) == NV_OK && nv_ledger_state_add_account(st, &b) == NV_OK);
+    CHECK(nv_ledger_state_add_transfer(st, &h, NV_LEDGER_PENDING_PENDING) == NV_OK);
+    CHECK(nv_ledger_expire(st, 6 * S_NS - 1) == NV_OK); /* not yet due */
+    const nv_ledger_pending_change *pc;
+    const nv_ledger_account_change *ac;
+    CHECK_INT_EQ(nv_ledger_pending_changes(st, &pc), 0);
+    CHECK(nv_ledger_expire(st, 7 * S_NS) == NV_ERR); /* one check per state */
+    nv_ledger_state_reset(st);
+    CHECK(nv_ledger_state_add_account(st, &a) == NV_OK && nv_ledger_state_add_account(st, &b) == NV_OK);
+    CHECK(nv_ledger_state_add_transfer(st, &h, NV_LEDGER_PENDING_PENDING) == NV_OK);
+    CHECK(nv_ledger_expire(st, 6 * S_NS) == NV_OK); /* due at exactly timestamp + timeout */
+    CHECK_INT_EQ(nv_ledger_pending_changes(st, &pc), 1);
+    CHECK(pc[0].pending_id == 9 && pc[0].after == NV_LEDGER_PENDING_EXPIRED);
+    CHECK_INT_EQ(nv_ledger_account_changes(st, &ac), 2);
+    CHECK(ac[0].after.debits_pending == 0 && ac[1].after.credits_pending == 0);
+    const nv_ledger_new_transfer *rows;
+    CHECK_INT_EQ(nv_ledger_new_transfers(st, &rows), 0);
+    nv_ledger_state_free(st);
+}
+
+static void test_balances_after_each_row(void)
+{
+    nv_ledger_state *st = nv_ledger_state_new(4);
+    nv_ledger_account a = account(1, 1, 0), b = account(2, 1, 0);
+    CHECK(nv_ledger_state_add_account(st, &a) == NV_OK && nv_ledger_state_add_account(st, &b) == NV_OK);
+    nv_ledger_transfer batch[4] = { transfer(10, 1, 2, 5, 0), transfer(11, 2, 1, 3, F_(PENDING)),
+                                    transfer(12, 1, 2, 7, F_(LINKED)), transfer(13, 1, 1, 1, 0) };
+    nv_ledger_result r[4];
+    CHECK(nv_ledger_create_transfers(st, batch, 4, 100, r) == NV_OK);
+    CHECK(r[0] == TR(ok) && r[1] == TR(ok) && r[2] == TR(linked_event_failed) && r[3] == TR(accounts_must_be_different));
+    const nv_ledger_new_transfer *rows;
+    CHECK_INT_EQ(nv_ledger_new_transfers(st, &rows), 2); /* the rolled-back chain left no row */
+    CHECK(rows[0].debit_after.debits_posted == 5 && rows[0].credit_after.credits_posted == 5);
+    CHECK(rows[0].credit_after.debits_pending == 0);
+    /* the second row sees the first: account 2 has 5 posted in, 3 pending out */
+    CHECK(rows[1].debit_after.credits_posted == 5 && rows[1].debit_after.debits_pending == 3);
+    CHECK(rows[1].credit_after.debits_posted == 5 && rows[1].credit_after.credits_pending == 3);
+    CHECK(rows[1].transfer.timestamp == 102);
+    nv_ledger_state_free(st);
+}
+
 int main(void)
 {
     TEST_RUN(test_every_transfer_code_alone);
@@ -1064,5 +1118,7 @@ int main(void)
     TEST_RUN(test_idempotent_retries);
     TEST_RUN(test_interface_edges);
     TEST_RUN(test_random_batches);
+    TEST_RUN(test_expire_alone);
+    TEST_RUN(test_balances_after_each_row);
     return TEST_DONE();
 }
