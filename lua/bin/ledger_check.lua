@@ -1,5 +1,5 @@
 -- ledger_check.lua -- `bin/nuvion run lua/bin/ledger_check.lua [--ledger N ...] [--url URL]
--- [--max N]`: the ledger's invariant checker (nuvion.ledger.invariants) as a script. Prints JSON
+-- [--max N] [--full]`: the ledger's invariant checker (nuvion.ledger.invariants) as a script. Prints JSON
 -- lines: one per ledger (its sums), one per problem, then a summary. Exit status: 0 all holds,
 -- 1 a problem was found, 2 the check could not run (usage, database).
 local nuvion = require "nuvion"
@@ -7,10 +7,11 @@ local json = require "nuvion.json"
 local pg = require "nuvion.pg"
 local invariants = require "nuvion.ledger.invariants"
 
-local USAGE = "usage: ledger_check.lua [--ledger N]... [--url URL] [--max N]\n"
+local USAGE = "usage: ledger_check.lua [--ledger N]... [--url URL] [--max N] [--full]\n"
   .. "  --ledger N  check only ledger N (repeatable; default: every ledger)\n"
   .. "  --url URL   the ledger database (default LEDGER_DATABASE_URL, else NUVION_LEDGER_DATABASE_URL)\n"
   .. "  --max N     problems listed per check (default " .. invariants.PROBLEMS_MAX_DEFAULT .. ")\n"
+  .. "  --full      also match every balance row with its transfer (slower: a window over all rows)\n"
 
 local function fail(msg)
   io.stderr:write("ledger_check: ", msg, "\n")
@@ -32,6 +33,9 @@ local function main(args)
     if a == "--help" or a == "-h" then
       io.stdout:write(USAGE)
       return 0
+    elseif a == "--full" then
+      opts.full = true
+      i = i - 1
     elseif a == "--ledger" and v then
       opts.ledgers = opts.ledgers or {}
       opts.ledgers[#opts.ledgers + 1] = v

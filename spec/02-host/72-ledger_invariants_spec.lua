@@ -54,7 +54,7 @@ describe("nuvion.ledger.invariants", function()
     local _, err = db:tx(function(tx)
       break_fn(tx)
       local o = opts or {}
-      o.ledgers = o.ledgers or { f.ledger }
+      if o.all then o.all = nil else o.ledgers = o.ledgers or { f.ledger } end
       report = assert(invariants.check(tx, o))
       return nil, "rolled back"
     end)
@@ -95,6 +95,7 @@ describe("nuvion.ledger.invariants", function()
   end)
 
   it("passes on a consistent ledger and reports its exact sums", function()
+    assert.is_true(assert(invariants.check(db, { ledgers = { f.ledger }, full = true })).ok)
     local report = assert(invariants.check(db, { ledgers = { f.ledger } }))
     assert.same({}, sorted_kinds(report))
     assert.is_true(report.ok)
@@ -156,25 +157,24 @@ describe("nuvion.ledger.invariants", function()
     { "a transfer whose account does not exist", { "account_counters_mismatch", "account_missing" },
       function(tx)
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 5, 0, 0, 0, 0, 0,
-                $4, 1, 0, $5::bigint)]], f:id(), a, f.prefix .. "999999", f.ledger, f:now())
+                $4, 1, 0, $5::bigint)]], f:id(), b, f.prefix .. "999999", f.ledger, f:now())
       end },
-    { "a transfer with another ledger than its accounts'",
-      { "account_counters_mismatch", "account_missing", "balance_row_stale" },
+    { "a transfer with another ledger than its accounts'", { "account_counters_mismatch", "account_missing" },
       function(tx)
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 5, 0, 0, 0, 0, 0,
-                $4, 1, 0, $5::bigint)]], f:id(), b, a, f.ledger - 1, f:now())
+                $4, 1, 0, $5::bigint)]], f:id(), b, c, f.ledger - 1, f:now())
         q(tx, "UPDATE ledger_accounts SET debits_posted = debits_posted + 5 WHERE id = $1::numeric", b)
-        q(tx, "UPDATE ledger_accounts SET credits_posted = credits_posted + 5 WHERE id = $1::numeric", a)
+        q(tx, "UPDATE ledger_accounts SET credits_posted = credits_posted + 5 WHERE id = $1::numeric", c)
       end, { ledgers_extra = -1 } },
     { "a transfer row changed behind the trigger's back", { "account_counters_mismatch" },
       function(tx)
         q(tx, "ALTER TABLE ledger_transfers DISABLE TRIGGER ledger_transfers_immutable")
         q(tx, "UPDATE ledger_transfers SET amount = amount + 1 WHERE id = $1::numeric", ids.fund)
-      end },
+      end, nil, { "account_counters_mismatch", "balance_row_step_mismatch" } },
     { "a hold without its state row", { "hold_without_state" },
       function(tx)
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 5, 0, 0, 0, 0, 0,
-                $4, 1, 2, $5::bigint)]], f:id(), a, b, f.ledger, f:now())
+                $4, 1, 2, $5::bigint)]], f:id(), b, c, f.ledger, f:now())
       end },
     { "a hold state without its transfer", { "hold_state_without_transfer" },
       function(tx)
@@ -196,16 +196,18 @@ describe("nuvion.ledger.invariants", function()
       function(tx)
         q(tx, "ALTER TABLE ledger_transfers DISABLE TRIGGER ledger_transfers_immutable")
         q(tx, "UPDATE ledger_transfers SET amount = 301 WHERE pending_id = $1::numeric AND flags & 4 <> 0", ids.hold1)
-      end },
-    { "a second post of one hold", { "account_counters_mismatch", "hold_resolution_mismatch" },
+      end, nil, { "account_counters_mismatch", "balance_row_step_mismatch", "hold_resolution_mismatch" } },
+    { "a second post of one hold",
+      { "account_counters_mismatch", "balance_rows_count_mismatch", "hold_resolution_mismatch" },
       function(tx)
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 1, $4::numeric, 0, 0, 0,
                 0, $5, 1, 4, $6::bigint)]], f:id(), a, b, ids.hold1, f.ledger, f:now())
-      end },
+      end, nil, { "account_counters_mismatch", "balance_row_missing", "balance_rows_count_mismatch",
+                  "hold_resolution_mismatch" } },
     { "a post of no hold", { "account_counters_mismatch", "resolution_without_hold" },
       function(tx)
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 1, $4::numeric, 0, 0, 0,
-                0, $5, 1, 4, $6::bigint)]], f:id(), a, b, f.prefix .. "999998", f.ledger, f:now())
+                0, $5, 1, 4, $6::bigint)]], f:id(), b, c, f.prefix .. "999998", f.ledger, f:now())
       end },
     { "a post with other accounts than its hold's", { "account_counters_mismatch", "hold_resolution_mismatch" },
       function(tx)
@@ -218,29 +220,29 @@ describe("nuvion.ledger.invariants", function()
         q(tx, "INSERT INTO ledger_account_balances VALUES ($1::numeric, $2::bigint, $3::numeric, 0, 0, 0, 0)",
           b, f:now(), ids.fund)
       end },
-    { "a balance row of no account", { "balance_row_without_account" },
+    { "a balance row of no account (found when every ledger is checked)", { "balance_row_without_account" },
       function(tx)
         q(tx, "INSERT INTO ledger_account_balances VALUES ($1::numeric, $2::bigint, $3::numeric, 0, 0, 0, 0)",
           f.prefix .. "999997", f:now(), ids.fund)
-      end },
-    { "a balance row naming no transfer", { "balance_row_stale", "balance_row_without_transfer" },
+      end, { all = true } },
+    { "a balance row naming no transfer", { "balance_row_stale", "balance_rows_count_mismatch" },
       function(tx)
         q(tx, "INSERT INTO ledger_account_balances VALUES ($1::numeric, $2::bigint, $3::numeric, 0, 0, 0, 0)",
           a, f:now(), f.prefix .. "999996")
-      end },
-    { "a balance row at another time than its transfer", { "balance_row_mismatch" },
+      end, nil, { "balance_row_mismatch", "balance_row_stale", "balance_rows_count_mismatch" } },
+    { "a balance row at another time than its transfer", { "balance_rows_count_mismatch" },
       function(tx)
         q(tx, [[INSERT INTO ledger_account_balances SELECT account_id, $2::bigint, transfer_id, debits_pending,
                 debits_posted, credits_pending, credits_posted FROM ledger_account_balances
                 WHERE account_id = $1::numeric ORDER BY timestamp DESC LIMIT 1]], a, f:now())
-      end },
-    { "a balance row of a transfer of another account", { "balance_row_mismatch" },
+      end, nil, { "balance_row_mismatch", "balance_rows_count_mismatch" } },
+    { "a balance row of a transfer of another account", { "balance_rows_count_mismatch" },
       function(tx)
         q(tx, [[INSERT INTO ledger_account_balances SELECT $2::numeric, timestamp, transfer_id, debits_pending,
                 debits_posted, credits_pending, credits_posted FROM ledger_account_balances
                 WHERE account_id = $1::numeric ORDER BY timestamp DESC LIMIT 1]], a, big1)
-      end },
-    { "a last balance row behind the account", { "balance_row_stale" },
+      end, nil, { "balance_row_mismatch", "balance_row_step_mismatch", "balance_rows_count_mismatch" } },
+    { "a transfer of a history account without its balance row", { "balance_row_stale", "balance_rows_count_mismatch" },
       function(tx)
         q(tx, "UPDATE ledger_accounts SET credits_posted = credits_posted + 7 WHERE id = $1::numeric", e)
         q(tx, "UPDATE ledger_accounts SET debits_posted = debits_posted + 7 WHERE id = $1::numeric", b)
@@ -248,22 +250,36 @@ describe("nuvion.ledger.invariants", function()
         local id = f:id()
         q(tx, [[INSERT INTO ledger_transfers VALUES ($1::numeric, $2::numeric, $3::numeric, 7, 0, 0, 0, 0, 0,
                 $4, 1, 0, $5::bigint)]], id, b, e, f.ledger, ts)
-      end },
+      end, nil, { "balance_row_missing", "balance_row_stale", "balance_rows_count_mismatch" } },
   }
 
   for _, case in ipairs(cases) do
-    it("finds " .. case[1], function()
-      local opts, ledgers = nil, { [f.ledger] = true }
-      if case[4] then
-        opts = { ledgers = { f.ledger, f.ledger + case[4].ledgers_extra } }
-        ledgers[opts.ledgers[2]] = true
-      end
-      local report = broken(case[3], opts)
-      assert.is_false(report.ok)
-      assert.same(case[2], sorted_kinds(report), json.encode(report.problems))
-      assert.is_true(report.problems_count >= #case[2])
-      for _, p in ipairs(report.problems) do assert.is_true(ledgers[p.ledger], "problem in ledger " .. p.ledger) end
-    end)
+    for _, full in ipairs({ false, true }) do
+      it("finds " .. case[1] .. (full and " (full)" or ""), function()
+        local opts, ledgers = { full = full }, { [f.ledger] = true }
+        if case[4] and case[4].all then
+          -- every ledger: other specs' ledgers too, which should hold but are not ours to assert
+          opts.all = true
+          local report = broken(case[3], opts)
+          local found = {}
+          for _, p in ipairs(report.problems) do
+            if p.ledger == f.ledger then found[#found + 1] = p.kind end
+          end
+          table.sort(found)
+          assert.same(case[2], found, json.encode(report.problems))
+          return
+        elseif case[4] then
+          opts.ledgers = { f.ledger, f.ledger + case[4].ledgers_extra }
+          ledgers[opts.ledgers[2]] = true
+        end
+        local expected = full and case[5] or case[2]
+        local report = broken(case[3], opts)
+        assert.is_false(report.ok)
+        assert.same(expected, sorted_kinds(report), json.encode(report.problems))
+        assert.is_true(report.problems_count >= #expected)
+        for _, p in ipairs(report.problems) do assert.is_true(ledgers[p.ledger], "problem in ledger " .. p.ledger) end
+      end)
+    end
   end
 
   it("still passes after those transactions rolled back", function()
@@ -287,6 +303,7 @@ describe("nuvion.ledger.invariants", function()
     { "ledgers that are not a list", { ledgers = 840 }, "invalid_parameter" },
     { "an empty list of ledgers", { ledgers = {} }, "invalid_parameter" },
     { "a problems_max of 0", { problems_max = 0 }, "invalid_parameter" },
+    { "a full that is not a boolean", { full = "yes" }, "invalid_parameter" },
     { "a problems_max beyond its limit", { problems_max = invariants.PROBLEMS_MAX + 1 }, "invalid_parameter" },
   }
   for _, case in ipairs(bad) do
@@ -318,6 +335,8 @@ describe("nuvion.ledger.invariants", function()
       local summary = json.decode(out[2])
       assert.is_true(summary.ok)
       assert.equals(0, summary.problems)
+      code, out = run_check({ "--full", "--ledger", tostring(f.ledger) })
+      assert.equals(0, code, table.concat(out, "\n"))
     end)
 
     it("prints each problem and exits 1 when one is found", function()
