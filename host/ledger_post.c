@@ -1,7 +1,7 @@
 /* ledger_post.c -- the ledger's posting layer (ledger_post.h).
  *
  * A batch is one transaction in two round trips on one connection:
- *   load:  BEGIN; lock the accounts in id order (SELECT ... ORDER BY id FOR UPDATE); then, under
+ *   load:  BEGIN; lock the accounts in id order (SELECT ... ORDER BY id FOR NO KEY UPDATE); then, under
  *          those locks, read the transfers and failed ids the events name and the due holds on
  *          their accounts -- one pipeline;
  *   check: ledger_check.c decides every event in order, in memory, with exact 128-bit sums;
@@ -49,9 +49,9 @@ static const char SQL_LOCK_FOR_TRANSFERS[] =
     "SELECT unnest($1::numeric[]) "
     "UNION SELECT debit_account_id FROM ledger_holds WHERE id = ANY($2::numeric[]) "
     "UNION SELECT credit_account_id FROM ledger_holds WHERE id = ANY($2::numeric[])) "
-    "ORDER BY id FOR UPDATE";
+    "ORDER BY id FOR NO KEY UPDATE";
 static const char SQL_LOCK_ACCOUNTS[] =
-    "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id = ANY($1::numeric[]) ORDER BY id FOR UPDATE";
+    "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id = ANY($1::numeric[]) ORDER BY id FOR NO KEY UPDATE";
 static const char SQL_TRANSFERS[] =
     "SELECT " TRANSFER_COLS " FROM ledger_transfers t LEFT JOIN ledger_holds h ON h.id = t.id "
     "WHERE t.id = ANY($1::numeric[])";
@@ -66,7 +66,7 @@ static const char SQL_LOCK_DUE[] =
     "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id IN ("
     "SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ("
     "SELECT debit_account_id, credit_account_id FROM ledger_holds WHERE status = 1 AND expires_at <= $1::bigint "
-    "ORDER BY expires_at LIMIT $2::int) d) ORDER BY id FOR UPDATE";
+    "ORDER BY expires_at LIMIT $2::int) d) ORDER BY id FOR NO KEY UPDATE";
 static const char SQL_DUE[] =
     "SELECT " TRANSFER_COLS " FROM ledger_holds h JOIN ledger_transfers t ON t.id = h.id "
     "WHERE h.status = 1 AND h.expires_at <= $1::bigint ORDER BY h.expires_at LIMIT $2::int";
@@ -512,8 +512,6 @@ static void build_transfer_writes(lp_slot *s, lp_pipe *p) {
         for (uint32_t i = 0; i < np; i++) arr_u128(s, (nv_u128)pend[i].after);
         arr_end(s);
         pipe_add(p, SQL_UPDATE_HOLDS, 2);
-        for (uint32_t i = 0; i < np; i++)
-            s->eng->stats.expired += pend[i].after == NV_LEDGER_PENDING_EXPIRED;
     }
     if (s->kind == LP_TRANSFERS) {
         uint32_t nf = 0;
@@ -738,6 +736,9 @@ static void write_done(void *arg, nv_pg_conn *c, nv_pg_req *r) {
     }
     nv_pg_finish(c, 1);
     s->conn = NULL;
+    const nv_ledger_pending_change *pend;
+    uint32_t np = nv_ledger_pending_changes(s->st, &pend);
+    for (uint32_t i = 0; i < np; i++) s->eng->stats.expired += pend[i].after == NV_LEDGER_PENDING_EXPIRED;
     if (s->kind == LP_SWEEP) s->eng->stats.sweeps++;
     s->fail_status = NV_LEDGER_CALL_OK;
     slot_done(s);

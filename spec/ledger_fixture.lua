@@ -21,12 +21,14 @@ local function random_digits(n)
 end
 
 -- new(db) -> a fixture: its own ledger (2^31..2^32-1) and 38-digit ids ("1" .. 31 random digits
--- .. a 6-digit sequence), timestamps in ns from a random base above 2^60, one per event.
+-- .. a 6-digit sequence), timestamps in ns from a random base near 9 * 10^18 (year 2255: above
+-- 2^53, below 2^63), one per event. The holds' deadlines are then never due, so a posting layer
+-- running in the same database (its expiry sweep) leaves this fixture's holds alone.
 function _M.new(db)
   local self = setmetatable({ db = db, seq = 0, clock = 0 }, Fixture)
   self.ledger = 2147483648 + tonumber(nuvion.random_hex(4), 16) % 2147483647
   self.prefix = "1" .. random_digits(31)
-  self.ts_prefix = "17" .. random_digits(5) -- 7 digits then 12 of clock: 19 digits, < 2^63
+  self.ts_prefix = "90" .. random_digits(5) -- 7 digits then 12 of clock: 19 digits, < 2^63
   return self
 end
 

@@ -130,6 +130,6 @@ function Ledger:lookup_accounts(ids) return q().lookup_accounts(self.db, ids) en
 function Ledger:lookup_transfers(ids) return q().lookup_transfers(self.db, ids) end
 function Ledger:balances(id, opts) return q().balances(self.db, id, opts) end
 function Ledger:history(id, opts) return q().history(self.db, id, opts) end
-function Ledger:balance_at(id, ts) return q().balance_at(self.db, id, ts) end
+function Ledger:balance_at(id, ts, opts) return q().balance_at(self.db, id, ts, opts) end
 
 return _M
