@@ -13,6 +13,7 @@
 -- its result). Prints one JSON line:
 --   {"proc":1,"seconds":10.0,"ok":123,"p50_ms":1.2,"p99_ms":9.8,"results":{"ok":123,...},
 --    "errors":{"code":n,...},"hist":{"<us>":n,...},"stuck":0}
+-- engine: lg:stats() over the window (batches, events, retries, failed_batches).
 -- hist: latencies in microseconds, bucketed by their first 3 significant digits (key = the
 -- bucket's lower bound): exact below 1 ms, within 1% above. stuck: tasks still waiting for a
 -- result 30 s after the end (they are not counted).
@@ -119,11 +120,13 @@ local function run(n, proc)
 
   for _ = 1, TASKS do nuvion.spawn(worker) end
   nuvion.sleep(WARMUP_S * 1000)
+  local s0 = lg:stats()
   counting = true
   local t0 = monotonic_ms()
   nuvion.sleep(SECONDS * 1000)
   counting = false
   local elapsed_s = (monotonic_ms() - t0) / 1000
+  local s1 = lg:stats()
   stop = true
   local deadline = monotonic_ms() + DRAIN_MS
   while running > 0 and monotonic_ms() < deadline do nuvion.sleep(5) end
@@ -143,7 +146,10 @@ local function run(n, proc)
   end
   print(json.encode({ proc = proc, seconds = elapsed_s, ok = ok, tasks = TASKS, p50_ms = percentile(0.5),
                       p99_ms = percentile(0.99), results = json.object(results), errors = json.object(errors),
-                      hist = json.object(h), stuck = running }))
+                      hist = json.object(h), stuck = running,
+                      engine = { batches = s1.batches - s0.batches, events = s1.events - s0.events,
+                                 retries = s1.retries - s0.retries,
+                                 failed_batches = s1.failed_batches - s0.failed_batches } }))
 end
 
 local args = { ... }

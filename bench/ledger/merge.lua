@@ -2,11 +2,13 @@
 --
 --   bin/nuvion run bench/ledger/merge.lua FILE...
 --
--- Prints one line: "<transfers/s> <p50 ms> <p99 ms> <ok> <errors> <what>", where transfers/s is
+-- Prints one line: "<transfers/s> <p50 ms> <p99 ms> <ok> <errors> <batches> <events> <retries>
+-- <what>", where transfers/s is
 -- the sum over the processes of their "ok" results per second of their own window, p50/p99
 -- come from the merged latency histograms (a bucket's lower bound: within 1%), errors counts
 -- every result other than "ok" plus the tasks that raised or never got an answer, and <what>
--- names them ("-" when none): "exceeds_credits=3,error:ledger_timeout=1".
+-- names them ("-" when none): "exceeds_credits=3,error:ledger_timeout=1"; batches, events and
+-- retries are the engines' (lg:stats()) over the window, summed.
 -- A file without a JSON line of load.lua (the process failed): exit status 1.
 local json = require "nuvion.json"
 
@@ -20,7 +22,7 @@ end
 local files = { ... }
 if #files == 0 then die("usage: merge.lua FILE...") end
 
-local tps, ok, errors = 0, 0, 0
+local tps, ok, errors, batches, events, retries = 0, 0, 0, 0, 0, 0
 local hist, what = {}, {}
 for _, path in ipairs(files) do
   local f = io.open(path, "r")
@@ -40,6 +42,11 @@ for _, path in ipairs(files) do
   for k, v in pairs(doc.errors) do
     what[k] = (what[k] or 0) + v
     errors = errors + v
+  end
+  if doc.engine then
+    batches = batches + doc.engine.batches
+    events = events + doc.engine.events
+    retries = retries + doc.engine.retries
   end
   if doc.stuck and doc.stuck > 0 then
     what.stuck = (what.stuck or 0) + doc.stuck
@@ -67,5 +74,5 @@ end
 local names = {}
 for k, v in pairs(what) do names[#names + 1] = format("%s=%d", k, v) end
 sort(names)
-print(format("%d %.2f %.2f %d %d %s", floor(tps + 0.5), percentile(0.50), percentile(0.99), ok, errors,
-             #names > 0 and concat(names, ",") or "-"))
+print(format("%d %.2f %.2f %d %d %d %d %d %s", floor(tps + 0.5), percentile(0.50), percentile(0.99), ok, errors,
+             batches, events, retries, #names > 0 and concat(names, ",") or "-"))

@@ -111,7 +111,7 @@ PG_CLIENTS=$((MAXCONN - RESERVED - INUSE - 2 * 16))
 
 declare -A ACCOUNTS=([a]=100000 [b]=10 [c]=2)
 declare -A LABEL=([a]="(a) 100,000 accounts, uniform" [b]="(b) 10 hot accounts" [c]="(c) 1 hot pair")
-declare -A O_TPS O_P50 O_P99 O_ERR O_WHAT O_CHECK B_TPS B_P50 B_P99 B_ERR B_CONNECT
+declare -A O_TPS O_P50 O_P99 O_ERR O_WHAT O_CHECK O_BATCHES O_EVENTS O_RETRIES B_TPS B_P50 B_P99 B_ERR B_CONNECT
 status=0
 ROWS_A=""
 
@@ -140,7 +140,8 @@ ours() {
         drop_db "$db"
         return 1
     fi
-    read -r "O_TPS[$s]" "O_P50[$s]" "O_P99[$s]" _ "O_ERR[$s]" "O_WHAT[$s]" <<<"$line"
+    read -r "O_TPS[$s]" "O_P50[$s]" "O_P99[$s]" _ "O_ERR[$s]" "O_BATCHES[$s]" "O_EVENTS[$s]" "O_RETRIES[$s]" \
+        "O_WHAT[$s]" <<<"$line"
     # Money conserved: every account's counters against the transfers posted.
     O_CHECK[$s]=$(psql_db "$db" -qtAc "
         SELECT CASE WHEN (SELECT sum(debits_posted) FROM ledger_accounts)
@@ -232,6 +233,7 @@ copy_ceiling() {
 }
 
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 for s in $SCENARIOS; do
     log "scenario $s: ours"
     if ! ours "$s"; then
@@ -255,7 +257,8 @@ le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a != "" && a != "-" && a + 0 <= b
 report() {
     local s
     echo "ledger bench, $START, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "machine: $(nproc) cores; Postgres $PG_VERSION, same server for all; fsync=$FSYNC synchronous_commit=$SYNC"
+    echo "machine: $(nproc) cores (load average at the start: $LOADAVG); Postgres $PG_VERSION, same server for all;" \
+         "fsync=$FSYNC synchronous_commit=$SYNC"
     echo "$CLIENTS submitters for ours: $PROCS processes x $TASKS tasks, one lg:transfer at a time each;" \
          "pgbench -c $PG_CLIENTS -j 2 -M prepared, one transfer per transaction (sorted FOR UPDATE, insert, 2 updates)"
     echo "${WARMUP_S} s warm-up, then ${SECONDS_RUN} s measured per run; latency per transfer, submit to result (ms);" \
@@ -277,7 +280,9 @@ report() {
     echo
     for s in $SCENARIOS; do
         [ -n "${O_TPS[$s]:-}" ] || continue
-        echo "ours ${LABEL[$s]}: money check ${O_CHECK[$s]}; errors: ${O_WHAT[$s]}"
+        echo "ours ${LABEL[$s]}: money check ${O_CHECK[$s]}; errors: ${O_WHAT[$s]};" \
+             "${O_BATCHES[$s]} batches, $(awk -v e="${O_EVENTS[$s]}" -v b="${O_BATCHES[$s]}" \
+             'BEGIN { printf "%.1f", (b > 0 ? e / b : 0) }') events a batch, ${O_RETRIES[$s]} retries"
     done
     printf "pgbench: one run of %d s per scenario (%d s for its connections, warm-up, then the last %d s counted, from its -l log);" \
         $((PG_CONNECT_S + WARMUP_S + SECONDS_RUN)) "$PG_CONNECT_S" "$SECONDS_RUN"
