@@ -161,31 +161,56 @@ static uint64_t realtime_ns(void) {
 
 int nv_ledger_parse_u128(const char *s, size_t len, nv_u128 *out) {
     if (len == 0 || len > 39) return NV_ERR;
+    size_t head = len > 19 ? len - 19 : 0; /* the last 19 digits fit a uint64_t */
     nv_u128 v = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned d = (unsigned char)s[i] - '0';
+    for (size_t i = 0; i < head; i++) {
+        unsigned d = (unsigned)(unsigned char)s[i] - '0';
         if (d > 9) return NV_ERR;
-        if (v > (NV_LEDGER_U128_MAX - d) / 10) return NV_ERR;
-        v = v * 10 + d;
+        v = v * 10 + d; /* at most 20 digits here: no overflow */
     }
-    *out = v;
+    uint64_t lo = 0;
+    for (size_t i = head; i < len; i++) {
+        unsigned d = (unsigned)(unsigned char)s[i] - '0';
+        if (d > 9) return NV_ERR;
+        lo = lo * 10 + d;
+    }
+    if (head == 0) {
+        *out = lo;
+        return NV_OK;
+    }
+    static const uint64_t P19 = 10000000000000000000u;
+    if (v > (NV_LEDGER_U128_MAX - lo) / P19) return NV_ERR;
+    *out = v * P19 + lo;
     return NV_OK;
 }
 
-/* Digits of v, fast below 2^64 (almost every value). Returns the length written at out (40). */
-static size_t u128_digits(nv_u128 v, char *out) {
-    char tmp[40];
+/* Digits of a uint64_t, zero-padded to width (0: none). Returns the length. */
+static size_t u64_digits(uint64_t w, char *out, size_t width) {
+    char tmp[20];
     size_t n = 0;
-    if (v <= UINT64_MAX) {
-        uint64_t w = (uint64_t)v;
-        do tmp[n++] = (char)('0' + w % 10), w /= 10;
-        while (w != 0);
-    } else {
-        do tmp[n++] = (char)('0' + (unsigned)(v % 10)), v /= 10;
-        while (v != 0);
-    }
+    do tmp[n++] = (char)('0' + w % 10), w /= 10;
+    while (w != 0);
+    while (n < width) tmp[n++] = '0';
     for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
     return n;
+}
+
+/* Digits of v: at most two 128-bit divisions, the rest in 64 bits. Returns the length written
+ * at out (room for 40). */
+static size_t u128_digits(nv_u128 v, char *out) {
+    static const uint64_t P19 = 10000000000000000000u;
+    if (v <= UINT64_MAX) return u64_digits((uint64_t)v, out, 0);
+    nv_u128 q = v / P19;
+    uint64_t low = (uint64_t)(v - q * P19);
+    size_t n;
+    if (q <= UINT64_MAX) {
+        n = u64_digits((uint64_t)q, out, 0);
+    } else {
+        nv_u128 q2 = q / P19; /* at most 3: 2^128 < 4 * 10^38 */
+        n = u64_digits((uint64_t)q2, out, 0);
+        n += u64_digits((uint64_t)(q - q2 * P19), out + n, 19);
+    }
+    return n + u64_digits(low, out + n, 19);
 }
 
 /* ---- building parameters: arrays as text ('{1,2,3}') ---------------------------------- */
