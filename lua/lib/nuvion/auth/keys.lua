@@ -11,7 +11,7 @@ local config = require "nuvion.auth.config"
 local ids = require "nuvion.auth.ids"
 
 local byte, sub, concat, match = string.byte, string.sub, table.concat, string.match
-local type, tostring, tonumber, min = type, tostring, tonumber, math.min
+local type, tostring, min = type, tostring, math.min
 
 local ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 local SECRET_CHARS = 43          -- 43 x log2(62) = 256 bits
@@ -73,15 +73,15 @@ end
 
 local COLUMNS = [[id, partner_id, mode, name, prefix, last4, array_to_json(scopes) AS scopes, rolled_from,
   extract(epoch FROM created_at)::int8 AS created, extract(epoch FROM last_used_at)::int8 AS last_used,
-  extract(epoch FROM expires_at)::int8 AS expires, extract(epoch FROM revoked_at)::int8 AS revoked]]
+  extract(epoch FROM expires_at)::int8 AS expires, extract(epoch FROM revoked_at)::int8 AS revoked,
+  coalesce(expires_at <= now(), false) AS expired]]
 
 -- The public object of a key row (no secret, no hash).
-function _M.object(row, now)
-  now = now or nuvion.now()
+function _M.object(row)
   local status = "active"
   if row.revoked then
     status = "revoked"
-  elseif row.expires and row.expires <= now then
+  elseif row.expired then
     status = "expired"
   elseif row.expires then
     status = "expiring"
@@ -151,14 +151,14 @@ function _M.authenticate(db, secret)
   end
   local pg = require "nuvion.pg"
   local rows, err = db:query("SELECT k.id, k.partner_id, k.mode, array_to_json(k.scopes) AS scopes, "
-    .. "extract(epoch FROM k.expires_at) AS expires, k.revoked_at IS NOT NULL AS revoked, p.status "
+    .. "coalesce(k.expires_at <= now(), false) AS expired, k.revoked_at IS NOT NULL AS revoked, p.status "
     .. "FROM api_keys k JOIN partners p ON p.id = k.partner_id WHERE k.key_hash = $1", pg.bytea(hash))
   if not rows then return nil, db_error(err) end
   local row = rows[1]
   if not row then return nil, outcome(401, "invalid_api_key", _M.ERR_INVALID) end
   local now = nuvion.now()
   if row.revoked then return nil, outcome(401, "api_key_revoked", _M.ERR_REVOKED) end
-  if row.expires and tonumber(row.expires) <= now then return nil, outcome(401, "api_key_expired", _M.ERR_EXPIRED) end
+  if row.expired then return nil, outcome(401, "api_key_expired", _M.ERR_EXPIRED) end
   if row.status ~= "active" then return nil, outcome(401, "partner_disabled", _M.ERR_PARTNER) end
   touch(db, row.id, now)
   return { partner_id = row.partner_id, mode = row.mode, scopes = row.scopes or {}, key_id = row.id,
@@ -182,9 +182,9 @@ function _M.list(db, partner_id, mode, limit, starting_after, ending_before)
     rows, err = db:query("SELECT * FROM (SELECT " .. COLUMNS .. " FROM api_keys WHERE partner_id = $1 AND mode = $2 "
       .. "AND id > $3 ORDER BY id LIMIT $4) s ORDER BY id DESC", partner_id, mode, ending_before, limit + 1)
   else
-    rows, err = db:query("SELECT " .. COLUMNS .. " FROM api_keys WHERE partner_id = $1 AND mode = $2 "
+    rows, err = db:query({ "SELECT " .. COLUMNS .. " FROM api_keys WHERE partner_id = $1 AND mode = $2 "
       .. "AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
-      { partner_id, mode, starting_after, limit + 1, n = 4 })
+      partner_id, mode, starting_after, limit + 1, n = 4 })
   end
   if not rows then return nil, db_error(err) end
   local has_more = #rows > limit
@@ -206,7 +206,7 @@ function _M.roll(db, partner_id, mode, id, grace_s)
     if not rows then return nil, db_error(qerr) end
     local row = rows[1]
     if not row then return nil, outcome(404, "resource_missing", _M.ERR_NOT_FOUND, "id") end
-    if row.revoked or (row.expires and row.expires <= nuvion.now()) then
+    if row.revoked or row.expired then
       return nil, outcome(400, "api_key_inactive", _M.ERR_GONE, "id")
     end
     -- an earlier roll's shorter grace is kept
