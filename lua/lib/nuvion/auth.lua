@@ -75,6 +75,12 @@ function _M.configure(overrides)
   state.cache, state.source, state.verifications = nil, nil, 0
 end
 
+-- Back to the environment's settings, forgetting overrides and cached state.
+function _M.reset()
+  config.reset()
+  state.cache, state.source, state.verifications = nil, nil, 0
+end
+
 function _M.stats()
   local s = token_cache():stats()
   s.verifications = state.verifications
