@@ -122,12 +122,18 @@ local function run_handler(handler, ctx)
   return errors.internal()
 end
 
+-- Logs a failure of a dependency (database, Redis) a route answers 503 for.
+function _M.log_error(msg, err)
+  log.error(msg, { error = tostring(err) })
+end
+
 local MUTATIONS = { POST = true, PUT = true, PATCH = true, DELETE = true }
 
 -- The handler of one route. method: "GET", "POST", ... opts: scope, schema (the body's),
 -- audit (the action of a mutation: required on POST/PUT/PATCH/DELETE unless false), list (the
 -- ids' prefix of a list route: ctx.page), auth = false (a public route), idempotent = false
--- (a POST that takes no Idempotency-Key), cost (rate limit tokens, default 1),
+-- (a POST that takes no Idempotency-Key), limiter (instead of deps.limiter), cost (rate limit
+-- tokens, default 1),
 -- idempotency_ttl_s / idempotency_lock_s (specs).
 function _M.route(deps, method, opts, handler)
   if type(deps) ~= "table" then error("api.route needs deps", 2) end
@@ -155,7 +161,7 @@ function _M.route(deps, method, opts, handler)
       end
       ctx.principal = principal
       -- how often
-      local limiter = deps.limiter
+      local limiter = opts.limiter or deps.limiter
       if limiter then
         local key = principal.key_id or (principal.partner_id .. ":" .. principal.mode)
         local ok, retry_after = limiter:take(key, opts.cost)
