@@ -49,7 +49,7 @@ local found, err = db:tx(function(tx)
   if not rows then return nil, qerr end
   if rows[1] then return rows[1].id, true end
   rows, qerr = tx:query("INSERT INTO partners (id, name) VALUES ($1, $2) RETURNING id",
-                        require("nuvion.auth.ids").new("ptn"), PARTNER_NAME)
+                        require("nuvion.api.ids").new("ptn"), PARTNER_NAME)
   if not rows then return nil, qerr end
   return rows[1].id, false
 end)

@@ -71,7 +71,7 @@ describe("api keys", function()
       { "POST", "/v1/api_keys", {}, "name" },
       { "POST", "/v1/api_keys", { name = string.rep("n", 201) }, "name" },
       { "POST", "/v1/api_keys", { name = "x", scopes = "all" }, "scopes" },
-      { "POST", "/v1/api_keys", { name = "x", scopes = { "bad scope" } }, "scopes" },
+      { "POST", "/v1/api_keys", { name = "x", scopes = { "bad scope" } }, "scopes[0]" },
       { "POST", "/v1/api_keys", { name = "x", mode = "live" }, "mode" },
       { "GET", "/v1/api_keys?limit=0", nil, "limit" },
       { "GET", "/v1/api_keys?limit=101", nil, "limit" },

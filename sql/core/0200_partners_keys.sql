@@ -3,24 +3,24 @@
 
 -- A business that calls our API.
 CREATE TABLE partners (
-    id         text PRIMARY KEY CHECK (id ~ '^ptn_[0-9a-z]{1,64}$'),
+    id         text COLLATE "C" PRIMARY KEY CHECK (id ~ '^ptn_[0-7][0-9a-hjkmnp-tv-z]{25}$'),
     name       text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     status     text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Secret keys: never the key itself, only HMAC-SHA256(pepper, key) (the pepper is
+-- Secret keys (ids of nuvion.api.ids, sorted as bytes by the cursor lists): never the key itself, only HMAC-SHA256(pepper, key) (the pepper is
 -- NUVION_API_KEY_PEPPER, outside the database), plus a few characters for display.
 CREATE TABLE api_keys (
-    id           text PRIMARY KEY CHECK (id ~ '^key_[0-9a-z]{1,64}$'),
-    partner_id   text NOT NULL REFERENCES partners (id),
+    id           text COLLATE "C" PRIMARY KEY CHECK (id ~ '^key_[0-7][0-9a-hjkmnp-tv-z]{25}$'),
+    partner_id   text COLLATE "C" NOT NULL REFERENCES partners (id),
     mode         text NOT NULL CHECK (mode IN ('test', 'live')),
     name         text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     key_hash     bytea NOT NULL UNIQUE CHECK (length(key_hash) = 32),
     prefix       text NOT NULL CHECK (length(prefix) <= 16),   -- "sk_test_Ab12"
     last4        text NOT NULL CHECK (length(last4) = 4),
     scopes       text[] NOT NULL DEFAULT '{}',
-    rolled_from  text REFERENCES api_keys (id),                -- the key this one replaced
+    rolled_from  text COLLATE "C" REFERENCES api_keys (id),                -- the key this one replaced
     created_at   timestamptz NOT NULL DEFAULT now(),
     last_used_at timestamptz,
     expires_at   timestamptz,   -- set by a roll: the old key works until then (the grace)

@@ -165,7 +165,8 @@ end
 
 -- ---- the interface ---------------------------------------------------------------------
 
-function _M.authenticate(req, deps) -- luacheck: ignore deps (core's db comes through use_core)
+function _M.authenticate(req, deps)
+  if not state.core_db and deps and deps.service == "core" and deps.db then state.core_db = deps.db end
   local cred, err = bearer(req)
   if not cred then return nil, err end
   if sub(cred, 1, 3) == "sk_" then

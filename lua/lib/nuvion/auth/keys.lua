@@ -8,10 +8,11 @@ local crypto = require "nuvion.crypto"
 local nuvion = require "nuvion"
 local log = require "nuvion.log"
 local config = require "nuvion.auth.config"
-local ids = require "nuvion.auth.ids"
+local ids = require "nuvion.api.ids"
+local json = require "nuvion.json"
 
 local byte, sub, concat, match = string.byte, string.sub, table.concat, string.match
-local type, tostring, min = type, tostring, math.min
+local type, tostring = type, tostring
 
 local ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 local SECRET_CHARS = 43          -- 43 x log2(62) = 256 bits
@@ -75,6 +76,7 @@ local COLUMNS = [[id, partner_id, mode, name, prefix, last4, array_to_json(scope
   extract(epoch FROM created_at)::int8 AS created, extract(epoch FROM last_used_at)::int8 AS last_used,
   extract(epoch FROM expires_at)::int8 AS expires, extract(epoch FROM revoked_at)::int8 AS revoked,
   coalesce(expires_at <= now(), false) AS expired]]
+_M.COLUMNS = COLUMNS
 
 -- The public object of a key row (no secret, no hash).
 function _M.object(row)
@@ -86,7 +88,6 @@ function _M.object(row)
   elseif row.expires then
     status = "expiring"
   end
-  local json = require "nuvion.json"
   return {
     id = row.id, object = "api_key", partner = row.partner_id, mode = row.mode, livemode = row.mode == "live",
     name = row.name, redacted = row.prefix .. "..." .. row.last4, scopes = json.array(row.scopes or {}),
@@ -112,9 +113,9 @@ function _M.create(db, partner_id, mode, opts)
   end
   local pg = require "nuvion.pg"
   local rows, err = db:query("INSERT INTO api_keys (id, partner_id, mode, name, key_hash, prefix, last4, scopes, "
-    .. "rolled_from) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text[], $9) RETURNING " .. COLUMNS,
-    ids.new("key"), partner_id, mode, opts.name, pg.bytea(hash), prefix, last4,
-    "{" .. concat(opts.scopes or {}, ",") .. "}", opts.rolled_from or pg.null)
+    .. "rolled_from) VALUES ($1, $2, $3, $4, $5, $6, $7, ARRAY(SELECT json_array_elements_text($8::json)), $9) "
+    .. "RETURNING " .. COLUMNS, ids.new("key"), partner_id, mode, opts.name, pg.bytea(hash), prefix, last4,
+    json.array(opts.scopes or {}), opts.rolled_from or pg.null)
   if not rows then return nil, db_error(err) end
   return rows[1], secret
 end
@@ -173,28 +174,6 @@ function _M.get(db, partner_id, mode, id)
   if not rows then return nil, db_error(err) end
   if not rows[1] then return nil, outcome(404, "resource_missing", _M.ERR_NOT_FOUND, "id") end
   return rows[1]
-end
-
--- Keys newest first; cursor by id (ids sort by creation time).
-function _M.list(db, partner_id, mode, limit, starting_after, ending_before)
-  local rows, err
-  if ending_before then
-    rows, err = db:query("SELECT * FROM (SELECT " .. COLUMNS .. " FROM api_keys WHERE partner_id = $1 AND mode = $2 "
-      .. "AND id > $3 ORDER BY id LIMIT $4) s ORDER BY id DESC", partner_id, mode, ending_before, limit + 1)
-  else
-    rows, err = db:query({ "SELECT " .. COLUMNS .. " FROM api_keys WHERE partner_id = $1 AND mode = $2 "
-      .. "AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
-      partner_id, mode, starting_after, limit + 1, n = 4 })
-  end
-  if not rows then return nil, db_error(err) end
-  local has_more = #rows > limit
-  local out = {}
-  if ending_before and has_more then
-    for i = 2, #rows do out[#out + 1] = rows[i] end
-  else
-    for i = 1, min(#rows, limit) do out[#out + 1] = rows[i] end
-  end
-  return out, has_more
 end
 
 -- A new key with the old one's name and scopes; the old one keeps working for grace_s

@@ -10,7 +10,7 @@ local nuvion = require "nuvion"
 local pg = require "nuvion.pg"
 local log = require "nuvion.log"
 local config = require "nuvion.auth.config"
-local ids = require "nuvion.auth.ids"
+local ids = require "nuvion.api.ids"
 
 local tostring, error = tostring, error
 

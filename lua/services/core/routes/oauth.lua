@@ -5,6 +5,7 @@
 --                                 client_secret in the body (form or JSON); scope optional
 --                                 (space separated, a subset of the key's)
 --   GET  /.well-known/jwks.json   the Ed25519 public keys (OKP JWKs) of the tokens still valid
+local api = require "nuvion.api"
 local auth = require "nuvion.auth"
 local keys = require "nuvion.auth.keys"
 local signer = require "nuvion.auth.signer"
@@ -70,7 +71,8 @@ local function scopes_of(principal, scope)
 end
 
 local function token(deps)
-  return function(req)
+  return function(ctx)
+    local req = ctx.req
     local p, perr = params(req)
     if not p then return perr end
     if p.grant_type ~= "client_credentials" then
@@ -108,8 +110,10 @@ end
 
 function _M.register(app, deps)
   auth.use_core(deps.db)
-  app:post("/v1/oauth/token", token(deps))
-  app:get("/.well-known/jwks.json", jwks_doc(deps))
+  local routes = api.new(app, deps)
+  -- public: the secret key in the request is the credential (checked by the handler)
+  routes:post("/v1/oauth/token", { auth = false, audit = false, idempotent = false }, token(deps))
+  routes:get("/.well-known/jwks.json", { auth = false }, jwks_doc(deps))
 end
 
 return _M
