@@ -68,6 +68,11 @@ function _M.use_core(db)
   state.core_db = db
 end
 
+-- Uses this JWKS source (auth/jwks.lua) instead of one made from NUVION_AUTH_JWKS_URL.
+function _M.use_jwks(source)
+  state.source = source
+end
+
 -- Replaces settings (config.lua's names or environment variable names) and forgets cached
 -- state. For specs, benches and tools.
 function _M.configure(overrides)
