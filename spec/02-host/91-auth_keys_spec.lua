@@ -73,6 +73,11 @@ describe("api keys", function()
       { "POST", "/v1/api_keys", { name = "x", scopes = "all" }, "scopes" },
       { "POST", "/v1/api_keys", { name = "x", scopes = { "bad scope" } }, "scopes[0]" },
       { "POST", "/v1/api_keys", { name = "x", mode = "live" }, "mode" },
+      { "POST", "/v1/api_keys", { name = "x", scopes = (function()
+        local t = {}
+        for i = 1, 33 do t[i] = "s" .. i end
+        return t
+      end)() }, "scopes" },
       { "GET", "/v1/api_keys?limit=0", nil, "limit" },
       { "GET", "/v1/api_keys?limit=101", nil, "limit" },
       { "GET", "/v1/api_keys?starting_after=x", nil, "starting_after" },
@@ -203,5 +208,27 @@ describe("api keys", function()
     assert.equals("scopes", res.data.error.param)
     assert.equals(201, fx.call(port, "POST", "/v1/api_keys", reader, { name = "same",
                                                                        scopes = { "api_keys:read" } }).status)
+  end)
+end)
+
+describe("api keys without their secrets", function()
+  local srv
+
+  lazy_setup(function()
+    -- no NUVION_ENV: the development pepper and keyring are not allowed
+    srv = fx.start_core({ NUVION_ENV = false })
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+  end)
+
+  it("refuses to check keys or sign tokens", function()
+    local res = fx.call(srv.port, "GET", "/v1/whoami", "sk_test_" .. string.rep("A", 43))
+    assert.equals(500, res.status)
+    assert.equals("auth_misconfigured", res.data.error.code)
+    local jwks = fx.call(srv.port, "GET", "/.well-known/jwks.json")
+    assert.equals(503, jwks.status)
+    assert.equals("jwks_unavailable", jwks.data.error.code)
   end)
 end)

@@ -83,6 +83,11 @@ local function header_of(s)
   return h
 end
 
+-- Headers kept now (specs: the bound).
+function _M.headers_cached()
+  return headers_n
+end
+
 -- The JSON object of base64url bytes [from, from + len) of ptr, framed by whitespace drawn
 -- from the signature in sig_buf; or nil.
 local function json_at(ptr, from, len)

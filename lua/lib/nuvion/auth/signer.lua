@@ -12,7 +12,7 @@ local log = require "nuvion.log"
 local config = require "nuvion.auth.config"
 local ids = require "nuvion.api.ids"
 
-local tostring, error = tostring, error
+local tostring = tostring
 
 -- Published keys at most (the current one and those still verifying old tokens).
 local PUBLISHED_KEYS_MAX = 16
@@ -25,15 +25,14 @@ local published, published_at = nil, -1
 local function aad(kid) return "auth_signing_keys.seed:" .. kid end
 
 local function keyring()
-  local kr, err = config.signing_keyring()
-  if not kr then error("nuvion.auth: " .. tostring(err), 0) end
-  return kr
+  return config.signing_keyring()
 end
 
 -- Retires the current key (if any) and makes a new one, in one transaction serialised by
 -- an advisory lock. only_if_none: do nothing when a current key exists (first use).
 local function make_key(db, only_if_none)
-  local kr = keyring()
+  local kr, kerr = keyring()
+  if not kr then return nil, kerr end
   return db:tx(function(tx)
     local ok, err = tx:query("SELECT pg_advisory_xact_lock(hashtext('nuvion.auth.signing_keys'))")
     if not ok then return nil, err end
@@ -76,7 +75,9 @@ function _M.current(db)
     if not rows or not rows[1] then return nil, err or "no signing key" end
   end
   local row = rows[1]
-  local seed, derr = keyring():decrypt(row.seed_sealed, aad(row.kid))
+  local kr, kerr = keyring()
+  if not kr then return nil, kerr end
+  local seed, derr = kr:decrypt(row.seed_sealed, aad(row.kid))
   if not seed then return nil, "signing key " .. row.kid .. ": " .. tostring(derr) end
   current, current_at = { kid = row.kid, seed = seed }, now
   return current
