@@ -27,7 +27,7 @@ describe("ids", function()
     local list = {}
     for i = 1, 20000 do list[i] = ids.new("cus") end
     for i = 2, #list do
-      if not (list[i - 1] < list[i]) then
+      if list[i - 1] >= list[i] then
         error("id " .. i .. " does not sort after its predecessor: " .. list[i - 1] .. " " .. list[i])
       end
     end
