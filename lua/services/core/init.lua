@@ -11,6 +11,8 @@ local api = require "nuvion.api"
 
 local AREAS = {
   "audit_logs",
+  "keys",
+  "oauth",
 }
 
 local deps = require("deps").new()
