@@ -73,14 +73,47 @@ describe("api routes", function()
 end)
 
 describe("core", function()
-  local srv
+  local srv, db, partner, secret
 
-  lazy_setup(function() srv = helpers.start_server({ service = "core" }) end)
+  lazy_setup(function()
+    local afx = require "spec.auth_fixture"
+    db = afx.db()
+    partner = afx.partner(db)
+    secret = afx.key(db, partner, "test", { "api_keys:write", "api_keys:read", "audit_logs:read" })
+    srv = helpers.start_server({ service = "core", env = { NUVION_ENV = "test" } })
+  end)
   lazy_teardown(function() if srv then srv:stop() end end)
 
-  it("registers its route areas: GET /v1/audit_logs exists and asks for credentials", function()
-    local res = assert(helpers.request(srv.port, { path = "/v1/audit_logs" }))
-    assert.is_true(res.status == 401 or res.status == 503)
+  local function call(method, path, bearer, body)
+    local h = bearer and { Authorization = "Bearer " .. bearer } or nil
+    return assert(helpers.request(srv.port, { method = method, path = path, headers = h, body = body }))
+  end
+
+  it("registers its route areas: GET /v1/audit_logs asks for credentials", function()
+    local res = call("GET", "/v1/audit_logs")
+    assert.equals(401, res.status)
+    assert.equals("authentication_error", res.json().error.type)
     assert(openapi.check(res.json(), "Error"))
+  end)
+
+  it("lists a partner's audit log through its secret key, newest first", function()
+    local made = {}
+    for i = 1, 3 do
+      local res = call("POST", "/v1/api_keys", secret, { name = "audit spec " .. i, scopes = { "api_keys:read" } })
+      assert(res.status == 200 or res.status == 201, res.body)
+      made[i] = res.headers["x-request-id"]
+    end
+    local res = call("GET", "/v1/audit_logs?limit=2", secret)
+    assert.equals(200, res.status)
+    local body = res.json()
+    assert(openapi.check(body, "List"))
+    assert.equals(2, #body.data)
+    assert.is_true(body.has_more)
+    assert.equals(made[3], body.data[1].request_id)
+    assert.equals(made[2], body.data[2].request_id)
+    assert.equals("api_key.create", body.data[1].action)
+    local older = call("GET", "/v1/audit_logs?limit=1&starting_after=" .. body.data[2].id, secret).json()
+    assert.equals(made[1], older.data[1].request_id)
+    assert.is_false(older.has_more)
   end)
 end)
