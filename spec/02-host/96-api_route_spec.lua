@@ -112,6 +112,7 @@ describe("core", function()
     assert.equals(made[3], body.data[1].request_id)
     assert.equals(made[2], body.data[2].request_id)
     assert.equals("api_key.create", body.data[1].action)
+    for _, entry in ipairs(body.data) do assert(openapi.check(entry, "AuditLog")) end
     local older = call("GET", "/v1/audit_logs?limit=1&starting_after=" .. body.data[2].id, secret).json()
     assert.equals(made[1], older.data[1].request_id)
     assert.is_false(older.has_more)
