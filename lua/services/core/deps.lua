@@ -10,10 +10,11 @@
 local pg = require "nuvion.pg"
 local redis = require "nuvion.redis"
 local nuvion = require "nuvion"
-local log = require "nuvion.log"
 local api = require "nuvion.api"
+local auth = require "nuvion.auth"
 
-local os, error, tonumber, setmetatable, floor = os, error, tonumber, setmetatable, math.floor
+local os, error, tonumber, pairs, rawset, setmetatable, floor = os, error, tonumber, pairs, rawset,
+  setmetatable, math.floor
 
 local _M = {}
 
@@ -49,12 +50,6 @@ function _M.config()
   return c
 end
 
-local function load_auth()
-  if package.searchpath("nuvion.auth", package.path) then return require "nuvion.auth" end
-  log.warn("nuvion.auth is not installed: authenticated routes answer 503")
-  return nil
-end
-
 function _M.new()
   local config = _M.config()
   local db_url = env("DATABASE_URL", "NUVION_CORE_DATABASE_URL")
@@ -76,7 +71,7 @@ function _M.new()
     limiter = api.ratelimit.new(r, { rate = config.rate_per_s, burst = config.rate_burst, name = "core" }),
     clock = { now = nuvion.now, now_ms = function() return floor(nuvion.now() * 1000) end },
   }
-  deps.auth = load_auth()
+  deps.auth = auth
   return setmetatable(deps, { __index = function(t, k)
     if k == "ledger" then
       if not ledger_url then error("core: LEDGER_DATABASE_URL is not set", 2) end

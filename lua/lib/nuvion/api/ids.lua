@@ -15,8 +15,8 @@
 local crypto = require "nuvion.crypto"
 local nuvion = require "nuvion"
 
-local type, error, floor, byte, sub, find, concat = type, error, math.floor, string.byte, string.sub,
-  string.find, table.concat
+local type, error, tostring, floor, byte, sub, find, concat = type, error, tostring, math.floor,
+  string.byte, string.sub, string.find, table.concat
 local now = nuvion.now
 
 local ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -81,11 +81,17 @@ local function encode(ms, random)
   return concat(out)
 end
 
--- A new id for `prefix` ("cus" gives "cus_..."). ms: the time to use (specs), else now.
+-- A new id for `prefix` ("cus" gives "cus_..."). ms: a time to use instead of now (imports,
+-- specs): such an id is not ordered against the others of its millisecond.
 function _M.new(prefix, ms)
   check_prefix(prefix)
-  ms = ms or floor(now() * 1000)
-  if ms < 0 or ms > TIME_MS_MAX or ms ~= floor(ms) then error("id time out of range: " .. ms, 2) end
+  if ms ~= nil then
+    if type(ms) ~= "number" or ms < 0 or ms > TIME_MS_MAX or ms ~= floor(ms) then
+      error("id time out of range: " .. tostring(ms), 2)
+    end
+    return prefix .. "_" .. encode(ms, draw_random())
+  end
+  ms = floor(now() * 1000)
   if ms <= last_ms then
     ms = last_ms
     if not increment(last_random) then

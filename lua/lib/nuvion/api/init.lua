@@ -113,7 +113,8 @@ local function run_handler(handler, ctx)
   local ok, status, body, headers = xpcall(handler, traceback, ctx)
   if ok then
     if type(status) ~= "table" and (type(status) ~= "number" or status < 100 or status > 599) then
-      log.error("handler returned an invalid response", { event = "handler_error", path = ctx.req.path })
+      log.error("handler returned an invalid response", { event = "handler_error", path = ctx.req.path,
+                                                          error = body ~= nil and tostring(body) or nil })
       return errors.internal()
     end
     return status, body, headers
