@@ -6,6 +6,7 @@ local crypto = require "nuvion.crypto"
 local keys = require "nuvion.auth.keys"
 local config = require "nuvion.auth.config"
 local fx = require "spec.auth_fixture"
+local openapi = require "spec.openapi"
 
 describe("api keys", function()
   local srv, db, partner, secret, port
@@ -26,6 +27,7 @@ describe("api keys", function()
     local res = fx.call(port, "POST", "/v1/api_keys", secret, { name = "backend", scopes = { "api_keys:read" } })
     assert.equals(201, res.status)
     local new = res.data
+    assert(openapi.check(new, "ApiKey"))
     assert.matches("^sk_test_[0-9A-Za-z]+$", new.secret)
     assert.equals(8 + keys.SECRET_CHARS, #new.secret)
     assert.equals("test", new.mode)
@@ -41,6 +43,8 @@ describe("api keys", function()
     assert.is_nil(got.data.secret)
     local list = fx.call(port, "GET", "/v1/api_keys?limit=100", secret)
     assert.equals(200, list.status)
+    assert(openapi.check(list.data, "List"))
+    for _, k in ipairs(list.data.data) do assert(openapi.check(k, "ApiKey")) end
     assert.is_nil(list.body:find(new.secret, 1, true))
     -- and the new key works, with its scopes only
     assert.equals(200, fx.call(port, "GET", "/v1/api_keys", new.secret).status)
@@ -86,6 +90,7 @@ describe("api keys", function()
       local res = fx.call(port, c[1], c[2], secret, c[3])
       assert.equals(400, res.status)
       assert.equals(c[4], res.data.error.param)
+      assert(openapi.check(res.data, "Error"))
     end
   end)
 
@@ -111,6 +116,7 @@ describe("api keys", function()
     local res = fx.call(port, "POST", "/v1/api_keys/" .. old.id .. "/roll", secret, { expires_in = 1 })
     assert.equals(201, res.status)
     local new = res.data
+    assert(openapi.check(new, "ApiKey"))
     assert.are_not.equal(old.secret, new.secret)
     assert.equals(old.id, new.rolled_from)
     assert.equals("expiring", new.previous.status)
@@ -141,6 +147,7 @@ describe("api keys", function()
     local res = fx.call(port, "POST", "/v1/api_keys/" .. k.id .. "/revoke", secret)
     assert.equals(200, res.status)
     assert.equals("revoked", res.data.status)
+    assert(openapi.check(res.data, "ApiKey"))
     local after = fx.call(port, "GET", "/v1/whoami", k.secret)
     assert.equals(401, after.status)
     assert.equals("api_key_revoked", after.data.error.code)

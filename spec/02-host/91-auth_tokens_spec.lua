@@ -9,6 +9,7 @@ local jwt = require "nuvion.auth.jwt"
 local signer = require "nuvion.auth.signer"
 local config = require "nuvion.auth.config"
 local fx = require "spec.auth_fixture"
+local openapi = require "spec.openapi"
 
 local TTL_S = 2
 local CACHE_MAX = 4
@@ -50,6 +51,7 @@ describe("access tokens", function()
     local header, claims = fx.parts(token)
     assert.same({ "EdDSA", "JWT" }, { header.alg, header.typ })
     local jwks = fx.call(core.port, "GET", "/.well-known/jwks.json").data
+    assert(openapi.check(jwks, "Jwks"))
     local found
     for _, k in ipairs(jwks.keys) do
       if k.kid == header.kid then found = k end
@@ -73,6 +75,7 @@ describe("access tokens", function()
       "grant_type=client_credentials&client_secret=" .. secret .. "&scope=customers:read",
       { ["Content-Type"] = "application/x-www-form-urlencoded" })
     assert.equals(200, form.status)
+    assert(openapi.check(form.data, "AccessToken"))
     assert.equals("customers:read", form.data.scope)
     assert.equals("Bearer", form.data.token_type)
     assert.equals(TTL_S, form.data.expires_in)
@@ -95,6 +98,7 @@ describe("access tokens", function()
       local res = fx.call(core.port, "POST", "/v1/oauth/token", nil, c[1], c[2])
       assert.equals(c[3], res.status, "case " .. i)
       assert.equals(c[4], res.data.error.code, "case " .. i)
+      assert(openapi.check(res.data, "Error"))
     end
     -- an access token cannot mint another one
     local tok = fx.token(core.port, secret)
