@@ -176,6 +176,22 @@ describe("api keys", function()
     assert.is_number(fx.call(port, "GET", "/v1/api_keys/" .. k.id, secret).data.last_used)
   end)
 
+  it("remembers at most TOUCHED_MAX keys per worker, writing once per interval each", function()
+    -- in this process, with the code core runs: a lower bound is hit with a few keys
+    local saved = keys.TOUCHED_MAX
+    keys.TOUCHED_MAX = 3
+    local ok, err = pcall(function()
+      local secrets = {}
+      for i = 1, 5 do secrets[i] = fx.key(db, partner, "test") end
+      for i = 1, 5 do
+        assert(keys.authenticate(db, secrets[i]))
+        assert.is_true(keys.touched_count() <= 3)
+      end
+    end)
+    keys.TOUCHED_MAX = saved
+    assert(ok, err)
+  end)
+
   it("keeps test and live keys apart", function()
     local live = fx.key(db, partner, "live")
     local live_key = fx.call(port, "POST", "/v1/api_keys", live, { name = "live one" }).data

@@ -24,7 +24,7 @@ local JWKS_BYTES_MAX = 64 * 1024
 local JWKS_KEYS_MAX = 16
 local WAIT_STEP_MS = 5
 
-local _M = { FETCH_TIMEOUT_MS = FETCH_TIMEOUT_MS, JWKS_KEYS_MAX = JWKS_KEYS_MAX }
+local _M = { FETCH_TIMEOUT_MS = FETCH_TIMEOUT_MS, JWKS_KEYS_MAX = JWKS_KEYS_MAX, JWKS_BYTES_MAX = JWKS_BYTES_MAX }
 local Source = {}
 Source.__index = Source
 
@@ -35,6 +35,7 @@ end
 
 -- Parses a JWKS body into { kid = pub32 }, or nil, err.
 function _M.parse(body)
+  if #body > JWKS_BYTES_MAX then return nil, "larger than " .. JWKS_BYTES_MAX .. " bytes" end
   local doc = json.decode(body, { bytes = JWKS_BYTES_MAX, depth = 8 })
   if type(doc) ~= "table" or type(doc.keys) ~= "table" then return nil, "not a JWKS document" end
   local keys, n = {}, 0

@@ -21,6 +21,7 @@ local TOUCHED_MAX = 10000        -- keys whose last write of last_used_at this w
 
 local _M = {
   SECRET_CHARS = SECRET_CHARS,
+  TOUCHED_MAX = TOUCHED_MAX,      -- read at each use (specs lower it)
   ERR_INVALID = "Invalid API key provided.",
   ERR_REVOKED = "This API key has been revoked.",
   ERR_EXPIRED = "This API key has expired (it was rolled and its grace period is over).",
@@ -130,7 +131,7 @@ local function touch(db, key_id, now)
   local interval = config.get("last_used_interval_s")
   local last = touched[key_id]
   if last and now - last < interval then return end
-  if touched_n >= TOUCHED_MAX then touched, touched_n = {}, 0 end
+  if touched_n >= _M.TOUCHED_MAX then touched, touched_n = {}, 0 end
   if not last then touched_n = touched_n + 1 end
   touched[key_id] = now
   -- The database decides too, so N workers write at most once per interval each, and
