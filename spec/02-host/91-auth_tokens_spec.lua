@@ -250,3 +250,30 @@ describe("access tokens", function()
     assert.equals(jwks.keys[1].kid, fx.parts(fx.token(core.port, secret)).kid)
   end)
 end)
+
+describe("access tokens when core's JWKS cannot be fetched", function()
+  local svc
+
+  lazy_setup(function()
+    svc = fx.start_service(1, { NUVION_AUTH_JWKS_MIN_REFRESH_MS = "0" }) -- nothing listens on port 1
+  end)
+
+  lazy_teardown(function()
+    if svc then svc:stop() end
+  end)
+
+  it("refuses tokens of unknown keys and counts the failed fetches", function()
+    local seed = crypto.random(32)
+    local now = math.floor(nuvion.now())
+    local input = fx.b64json({ alg = "EdDSA", kid = "ed_x" }) .. "." .. fx.b64json({ iss = auth.ISSUER,
+      kind = "access", partner = "ptn_x", mode = "test", scopes = json.array({}), iat = now, exp = now + 60 })
+    local token = input .. "." .. crypto.base64url_encode(crypto.ed25519_sign(seed, input))
+    local res = fx.call(svc.port, "GET", "/v1/whoami", token)
+    assert.equals(401, res.status)
+    assert.equals(jwt.ERR_KID, res.data.error.message)
+    local s = fx.call(svc.port, "GET", "/debug/auth").data
+    assert.equals(1, s.jwks.fetches)
+    assert.equals(1, s.jwks.failures)
+    assert.equals(0, s.jwks.keys)
+  end)
+end)
