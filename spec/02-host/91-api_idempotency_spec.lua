@@ -104,12 +104,21 @@ describe("Idempotency-Key", function()
   it("lets exactly one of many racing duplicates run", function()
     local key = new_key()
     local results = helpers.parallel(8, function()
-      return post({ name = "race-many", sleep_ms = 300 }, key)
+      return post({ name = "race-many", sleep_ms = 1000 }, key)
     end)
-    local by_status = {}
-    for _, r in ipairs(results) do by_status[r.status] = (by_status[r.status] or 0) + 1 end
-    assert.equals(1, by_status[200])
-    assert.equals(7, by_status[409])
+    local ran, refused, replayed = 0, 0, 0
+    for _, r in ipairs(results) do
+      if r.status == 409 then
+        refused = refused + 1
+      elseif r.status == 200 and r.headers["idempotent-replayed"] then
+        replayed = replayed + 1 -- a request that arrived after the first had finished
+      elseif r.status == 200 then
+        ran = ran + 1
+      end
+    end
+    assert.equals(1, ran)
+    assert.equals(7, refused + replayed)
+    assert.is_true(refused >= 1)
     assert.equals(1, things_named("race-many"))
   end)
 
