@@ -159,6 +159,33 @@ describe("Idempotency-Key", function()
     assert.equals("1", r:call("GET", counter))
   end)
 
+  it("stores the response in the change's own transaction with ctx:respond", function()
+    local function times(path, name)
+      local key = new_key()
+      local res = fx.request(srv.port, { path = path, partner = partner, key = key, body = { name = name } })
+      assert.equals(200, res.status)
+      local row = assert(db:query([[SELECT k.completed_at = t.created_at AS same_tx
+        FROM api_idempotency_keys k, spec_api_things t
+        WHERE k.partner_id = $1 AND k.idempotency_key = $2 AND t.id = $3]], partner, key, res.json().id))[1]
+      return row.same_tx
+    end
+    -- now() is the transaction's start: equal only when both rows were written in one transaction
+    assert.is_true(times("/v1/things", "atomic-a"))
+    assert.is_false(times("/v1/things-late", "atomic-b"))
+  end)
+
+  it("rolls the stored response back with the change when the handler fails after ctx:respond", function()
+    local key = new_key()
+    local req = { path = "/v1/things", partner = partner, key = key, body = { name = "atomic-fail", code = "ERR" } }
+    local first = fx.request(srv.port, req)
+    assert.equals(500, first.status)
+    assert.equals(0, things_named("atomic-fail"))
+    local again = fx.request(srv.port, req)
+    assert.equals(500, again.status)
+    assert.equals(first.body, again.body)
+    assert.equals(0, things_named("atomic-fail"))
+  end)
+
   it("scopes keys by partner and by mode", function()
     local key = new_key()
     local a = post({ name = "scoped" }, key)
