@@ -89,6 +89,25 @@ describe("core", function()
     return assert(helpers.request(srv.port, { method = method, path = path, headers = h, body = body }))
   end
 
+  it("refuses settings out of their range, naming them, and takes those within", function()
+    local process = require "nuvion.process"
+    local function config_with(env)
+      local p = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/scripts/core_config.lua" },
+                                     { env = env, output = "pipe" }))
+      local line = p:line(10000)
+      p:wait(10000)
+      return line
+    end
+    for _, env in ipairs({ { NUVION_CORE_RATE_PER_S = "0" }, { NUVION_CORE_RATE_BURST = "1000001" },
+                           { NUVION_CORE_DB_POOL_MAX = "x" }, { NUVION_CORE_DB_POOL_MAX = "257" },
+                           { NUVION_CORE_IDEMPOTENCY_PURGE_MS = "999" } }) do
+      local name = next(env)
+      assert.matches("error " .. name .. " must be an integer from", config_with(env), 1, true)
+    end
+    assert.equals("ok rate_per_s=1000000 rate_burst=1", config_with({ NUVION_CORE_RATE_PER_S = "1000000",
+                                                                      NUVION_CORE_RATE_BURST = "1" }))
+  end)
+
   it("registers its route areas: GET /v1/audit_logs asks for credentials", function()
     local res = call("GET", "/v1/audit_logs")
     assert.equals(401, res.status)

@@ -10,19 +10,20 @@
 --     local id = ids.new("cus")
 --     return deps.db:tx(function(tx)
 --       insert(tx, id, ctx.body, ctx.principal)
---       ctx:audit(tx, id)                       -- the audit row commits with the change
---       return 200, { id = id, object = "customer", ... }
---     end)
+--       ctx:audit(tx, id)                       -- the audit row commits with the change,
+--       return ctx:respond(tx, 200, { id = id, object = "customer", ... })  -- and so does the
+--     end)                                      -- response its Idempotency-Key replays
 --   end)
 --   routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, function(ctx)
 --     return 200, assert(list.fetch(deps.db, q, ctx.page, to_object))
 --   end)
 --
--- ctx: req, deps, principal, body (validated, defaults filled), page (list routes), and
--- ctx:audit(tx_or_db, object_id [, action, data]). The handler returns status, body, headers or
--- an outcome table (nuvion.api.errors); a handler that raises is answered 500 internal_error
--- (logged with its traceback). Every answer, errors included, is rendered here, so the bytes
--- stored for an Idempotency-Key are the bytes sent. See docs/api.md.
+-- ctx: req, deps, principal, body (validated, defaults filled), page (list routes),
+-- ctx:audit(tx_or_db, object_id [, action, data]) and ctx:respond(tx, status, body, headers).
+-- The handler returns status, body, headers or an outcome table (nuvion.api.errors); a handler
+-- that raises is answered 500 internal_error (logged with its traceback). Every answer, errors
+-- included, is rendered here, so the bytes stored for an Idempotency-Key are the bytes sent.
+-- See docs/api.md.
 local json = require "nuvion.json"
 local log = require "nuvion.log"
 local errors = require "nuvion.api.errors"
@@ -100,6 +101,22 @@ Ctx.__index = Ctx
 -- Writes the audit row of this request's mutation: in the change's transaction when given a tx.
 function Ctx:audit(db, object_id, action, data)
   return record_audit(self, db, object_id, action, data, nil)
+end
+
+-- The handler's answer, rendered now and, when the request has an Idempotency-Key, stored in
+-- `tx`: the change, its audit row and the response the key replays commit together, so a crash
+-- can never leave a change whose response is lost (the key stays claimed until its lock
+-- expires and the request then runs again from scratch). Returns what the handler returns:
+--   return ctx:respond(tx, 200, customer)
+-- or nil and the database error (return it: the transaction rolls back and the answer is 500).
+function Ctx:respond(tx, status, body, headers)
+  local code, text, hdrs = render(self.req, status, body, headers)
+  if self.claim then
+    local ok, err = idempotency.complete(tx, self.claim, code, text, hdrs)
+    if not ok then return nil, err end
+  end
+  self.responded = text
+  return code, text, hdrs
 end
 
 -- The request's JSON body: {} for an empty body, else the decoded object or a 400 outcome.
@@ -198,6 +215,7 @@ function _M.route(deps, method, opts, handler)
         return v.status, v.body, with(v.headers, { ["Idempotent-Replayed"] = "true" })
       end
       claim = v
+      ctx.claim = claim
     end
 
     if opts.schema then
@@ -219,7 +237,8 @@ function _M.route(deps, method, opts, handler)
       if err then log.error("audit row not written", { error = tostring(err), action = action }) end
     end
 
-    if claim then
+    -- stored here unless ctx:respond stored this very answer with the change
+    if claim and ctx.responded ~= text then
       idempotency.complete(deps.db, claim, status, text, headers)
     end
     return status, text, headers
