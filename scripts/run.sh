@@ -15,6 +15,10 @@ scripts/services.sh start "$DIR" "${#SERVICES[@]}"
 scripts/services.sh provision "$DIR"
 # shellcheck disable=SC1091
 . "$DIR/env"
+# A local run uses the development defaults of docs/auth.md (API key pepper, signing key
+# keyring, service keys) unless real ones are given; the services check tokens against core.
+export NUVION_ENV=${NUVION_ENV:-development}
+export NUVION_AUTH_JWKS_URL=${NUVION_AUTH_JWKS_URL:-http://127.0.0.1:$BASE/.well-known/jwks.json}
 
 bin/nuvion migrate --all # the release phase, as the Procfile's release runs it
 
@@ -26,4 +30,5 @@ for svc in "${SERVICES[@]}"; do
 done
 echo "  postgres         -> 127.0.0.1:$NUVION_TEST_PG_PORT (a database and a role per service)"
 echo "  redis            -> 127.0.0.1: $NUVION_TEST_REDIS_PORTS (one per service)"
+echo "  first partner and key: . var/run/env && NUVION_ENV=development bin/nuvion run lua/bin/bootstrap.lua"
 foreman start -f Procfile.dev -d . -p "$BASE"

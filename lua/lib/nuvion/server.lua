@@ -3,7 +3,7 @@
 local json = require "nuvion.json"
 local request = require "nuvion.request"
 
-local type, loadfile, error, require = type, loadfile, error, require
+local type, pairs, loadfile, error, require = type, pairs, loadfile, error, require
 local encode = json.encode
 local new_request = request.new
 
@@ -42,6 +42,13 @@ local function finish(req, status, body, headers, route)
     return status, encoded, JSON, route, headers
   elseif tb == "string" then
     local ctype = headers and (headers["Content-Type"] or headers["content-type"])
+    if ctype then -- sent once, as the content type, not again among the extra headers
+      local rest = {}
+      for k, v in pairs(headers) do
+        if k ~= "Content-Type" and k ~= "content-type" then rest[k] = v end
+      end
+      headers = rest
+    end
     return status, body, ctype or "text/plain; charset=utf-8", route, headers
   end
   return status, "", JSON, route, headers
