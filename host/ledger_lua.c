@@ -159,20 +159,28 @@ static engine_handle *check_engine(lua_State *L) {
     return h;
 }
 
-/* A chain left open at the end of the call: its last event gets linked_event_chain_open, the
- * ones before it linked_event_failed, as TigerBeetle answers the last chain of a batch. They
- * never reach the engine, so another call's events cannot extend the chain. */
+/* A chain left open at the end of the call must not run into the next call's events in the
+ * batch. As TigerBeetle answers the last chain of a batch: the last event gets
+ * linked_event_chain_open; the chain before it runs, and fails as a whole (an event that fails
+ * its own check keeps its code, the others get linked_event_failed). The last event is swapped
+ * for an empty one (id 0, no flags: it fails id_must_not_be_zero and closes the chain); take()
+ * writes chain_open over its result. A lone open event never reaches the engine. */
 static void cut_open_chain(nv_ledger_call *c, int accounts) {
     uint32_t n = c->n;
     int linked_bit = accounts ? NV_LEDGER_ACCOUNT_LINKED : NV_LEDGER_TRANSFER_LINKED;
-#define FLAGS(i) (accounts ? c->acc[i].flags : c->tr[i].flags)
-    if (!(FLAGS(n - 1) & linked_bit)) return;
-    uint32_t start = n - 1;
-    while (start > 0 && (FLAGS(start - 1) & linked_bit)) start--;
-#undef FLAGS
-    for (uint32_t i = start; i < n; i++) c->results[i] = NV_LEDGER_TR_linked_event_failed;
+    int last_linked = accounts ? (c->acc[n - 1].flags & linked_bit) : (c->tr[n - 1].flags & linked_bit);
+    if (!last_linked) return;
+    int prev_linked = n >= 2 && (accounts ? (c->acc[n - 2].flags & linked_bit) : (c->tr[n - 2].flags & linked_bit));
     c->results[n - 1] = NV_LEDGER_TR_linked_event_chain_open;
-    c->n_run = start;
+    _Static_assert((int)NV_LEDGER_TR_linked_event_chain_open == (int)NV_LEDGER_AR_linked_event_chain_open,
+                   "the chain codes are the same in both result sets");
+    if (!prev_linked) { /* alone: nothing to run */
+        c->n_run = n - 1;
+        return;
+    }
+    if (accounts) memset(&c->acc[n - 1], 0, sizeof c->acc[n - 1]);
+    else memset(&c->tr[n - 1], 0, sizeof c->tr[n - 1]);
+    c->open_chain = 1;
 }
 
 /* A userdata that frees a call when collected, unless disarmed: a parse that raises (a
@@ -251,6 +259,7 @@ static int l_take(lua_State *L) {
         return luaL_error(L, "ledger: out of memory");
     }
     memcpy(res, c->results, n * sizeof(int));
+    if (c->open_chain) res[n - 1] = NV_LEDGER_TR_linked_event_chain_open;
     free(c);
     lua_createtable(L, (int)n, 0);
     for (uint32_t i = 0; i < n; i++) {

@@ -36,6 +36,7 @@ struct nv_ledger_call {
     uint32_t n;            /* events */
     uint32_t n_run;        /* the first n_run go to the engine; the rest are an open chain */
     uint32_t first;        /* where its events sit in the batch */
+    int open_chain;        /* its last event was linked: swapped for an empty event (ledger_lua.c) */
     nv_ledger_transfer *tr; /* n events (accounts == 0) */
     nv_ledger_account *acc; /* n events (accounts == 1) */
     int *results;          /* n results (nv_ledger_result or nv_ledger_account_result) */
