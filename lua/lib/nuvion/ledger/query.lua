@@ -350,7 +350,7 @@ function _M.balance_at(db, id, ts_ns, opts)
   if not ok then return nil, oerr end
   local s, err = id_text(id, "id")
   if not s then return nil, err end
-  if ts_ns == nil then return nil, bad("invalid_timestamp", "ts_ns", "ts_ns is required") end
+  if ts_ns == nil or ts_ns == json.null then return nil, bad("invalid_timestamp", "ts_ns", "ts_ns is required") end
   local ts, terr = ts_text(ts_ns, "ts_ns")
   if not ts then return nil, terr end
   local normal, nerr = normal_of(opts)
