@@ -324,6 +324,7 @@ describe("nuvion.ledger.query", function()
       { "options that are not a table", function() return query.history(db, wallet, 10) end,
         "invalid_parameter", "opts" },
       { "no instant", function() return query.balance_at(db, wallet) end, "invalid_timestamp", "ts_ns" },
+      { "a null instant", function() return query.balance_at(db, wallet, json.null) end, "invalid_timestamp", "ts_ns" },
       { "a float instant", function() return query.balance_at(db, wallet, 1.25) end, "invalid_timestamp", "ts_ns" },
     }
     for _, c in ipairs(cases) do

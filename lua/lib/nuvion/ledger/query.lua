@@ -252,6 +252,10 @@ end
 -- The posted entries of one account: its balance rows whose transfer changed the posted
 -- counters (single-phase transfers and posts: neither the pending nor the void flag, amount > 0).
 -- $2 after (exclusive), $3 from (inclusive), $4 before (exclusive), $5 to (inclusive), $6 rows.
+-- The transfer is looked up row by row (OFFSET 0 keeps the subquery apart) while the balance
+-- rows come in index order, so a page costs its own rows: the planner, left to itself, takes
+-- the flags filter for a selective one and hash-joins every transfer (300 ms at 100,000 rows
+-- instead of 0.4 ms).
 local HISTORY_SQL = [[
 SELECT b.timestamp, b.transfer_id, b.debits_pending, b.debits_posted, b.credits_pending,
        b.credits_posted, %s,
@@ -259,7 +263,7 @@ SELECT b.timestamp, b.transfer_id, b.debits_pending, b.debits_posted, b.credits_
        t.user_data_64, t.user_data_32, t.ledger, t.code, t.flags,
        CASE WHEN t.debit_account_id = b.account_id THEN 'debit' ELSE 'credit' END AS direction
   FROM ledger_account_balances b
-  JOIN ledger_transfers t ON t.id = b.transfer_id
+ CROSS JOIN LATERAL (SELECT * FROM ledger_transfers t WHERE t.id = b.transfer_id OFFSET 0) t
  WHERE b.account_id = $1::numeric
    AND b.timestamp > coalesce($2::bigint, -1)
    AND b.timestamp >= coalesce($3::bigint, 0)
@@ -346,7 +350,7 @@ function _M.balance_at(db, id, ts_ns, opts)
   if not ok then return nil, oerr end
   local s, err = id_text(id, "id")
   if not s then return nil, err end
-  if ts_ns == nil then return nil, bad("invalid_timestamp", "ts_ns", "ts_ns is required") end
+  if ts_ns == nil or ts_ns == json.null then return nil, bad("invalid_timestamp", "ts_ns", "ts_ns is required") end
   local ts, terr = ts_text(ts_ns, "ts_ns")
   if not ts then return nil, terr end
   local normal, nerr = normal_of(opts)
