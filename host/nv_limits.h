@@ -97,6 +97,7 @@
 #define NV_HTTP_CLIENT_READS_PER_EVENT_MAX 64             /* parse steps per read callback */
 #define NV_HTTP_CLIENT_DNS_TIMEOUT_S "2"                  /* evdns per-try timeout; the request timeout bounds it too */
 #define NV_HTTP_CLIENT_DNS_ATTEMPTS "2"                   /* evdns tries per nameserver */
+#define NV_HTTP_CLIENT_RESOLVED_MAX 32                    /* addresses one resolve_only lookup returns */
 
 /* Crypto */
 #define NV_CRYPTO_AEAD_BYTES_MAX (64 * 1024 * 1024) /* AES-GCM plaintext or AAD: the largest HTTP body */
