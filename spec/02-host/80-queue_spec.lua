@@ -54,6 +54,27 @@ local function take_and_die(q, lock_ms)
   return res[2]
 end
 
+describe("host primitives for workers", function()
+  local core = require "nuvion.core"
+
+  it("stopping() is false without SIGTERM or a retiring generation", function()
+    assert.is_false(core.stopping())
+  end)
+
+  it("drain_hold counts holds up to its bound (hit) and refuses a release without a hold", function()
+    local base = core.drain_hold(1) - 1
+    core.drain_hold(-1)
+    local max_holds = 65536 -- NV_DRAIN_HOLDS_MAX
+    for _ = base + 1, max_holds do core.drain_hold(1) end
+    assert.has_error(function() core.drain_hold(1) end)
+    for _ = base + 1, max_holds do core.drain_hold(-1) end
+    assert.equals(base + 1, core.drain_hold(1))
+    core.drain_hold(-1)
+    if base == 0 then assert.has_error(function() core.drain_hold(-1) end) end
+    assert.has_error(function() core.drain_hold(2) end)
+  end)
+end)
+
 describe("nuvion.queue", function()
   local workers = {}
 
@@ -558,6 +579,41 @@ describe("nuvion.queue", function()
       nuvion.sleep(100) -- every worker idle: 16 block on the marker, 4 poll
       for i = 1, n do assert(qs[i]:add("x", {})) end
       wait_until(function() return done == n end, 600) -- polling, not a 1 s back-off
+    end)
+
+    it("keep the last stacktrace_max stack traces and cut failedReason at reason_bytes_max (bounds, hit)", function()
+      local q, name = new_queue()
+      local max_st = queue.limits.stacktrace_max
+      local id = assert(q:add("x", {}, { attempts = max_st + 2 }))
+      local runs = 0
+      worker(name, function()
+        runs = runs + 1
+        error(string.rep("e", queue.limits.reason_bytes_max + 100) .. runs, 0)
+      end)
+      wait_until(function() return q:get_state(id) == "failed" end, 5000)
+      local job = q:get_job(id)
+      assert.equals(max_st + 2, runs)
+      assert.equals(max_st, #job.stacktrace)
+      assert.equals(queue.limits.reason_bytes_max, #job.failedReason)
+    end)
+
+    it("check every worker option against its bounds", function()
+      local L = queue.limits
+      local cases = {
+        { "concurrency", 1, L.concurrency_max }, { "lock_duration", L.lock_ms_min, L.lock_ms_max },
+        { "stalled_interval", L.stalled_ms_min, L.stalled_ms_max }, { "max_stalled_count", 0, L.max_stalled_max },
+        { "drain_delay", 1, L.drain_delay_s_max }, { "grace_ms", 0, L.grace_ms_max },
+      }
+      local _, name = new_queue()
+      for _, c in ipairs(cases) do
+        for _, bad in ipairs({ c[2] - 1, c[3] + 1, 1.5 }) do
+          assert.has_error(function() queue.worker(name, function() end, { redis = URL, [c[1]] = bad }) end,
+                           nil, c[1] .. " = " .. bad)
+        end
+        for _, good in ipairs({ c[2], c[3] }) do
+          worker(name, function() end, { [c[1]] = good }):close(0)
+        end
+      end
     end)
 
     it("bound the events stream by meta opts.maxLenEvents (hit)", function()
