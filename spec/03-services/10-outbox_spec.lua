@@ -7,6 +7,7 @@ local pg = require "nuvion.pg"
 local redis = require "nuvion.redis"
 local outbox = require "nuvion.outbox"
 local ids = require "nuvion.ids"
+local queue = require "nuvion.queue"
 
 local db = pg.pool(assert(os.getenv("NUVION_CORE_DATABASE_URL"), "NUVION_CORE_DATABASE_URL"), { max = 4 })
 local r = assert(redis.connect(assert(os.getenv("NUVION_TEST_REDIS_URL"))))
@@ -27,10 +28,21 @@ local function redis_queue(run)
   return q
 end
 
-local function drain(target)
+-- Relays until nothing is pending. "busy": a killed relay's transaction still holds the relay
+-- lock until Postgres notices its connection is gone; wait for it.
+local function publish(tx, aggregate_id, data)
+  return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = aggregate_id,
+                              type = "spec_order.created", data = data })
+end
+
+local function drain(target, job_opts)
   local total = 0
-  for _ = 1, 100 do
-    local n, err = outbox.relay_once(db, target, { batch = 50 })
+  for _ = 1, 200 do
+    local n, err = outbox.relay_once(db, target, { batch = 50, job_opts = job_opts })
+    while err == "busy" do
+      require("nuvion").sleep(25)
+      n, err = outbox.relay_once(db, target, { batch = 50, job_opts = job_opts })
+    end
     assert.is_nil(err)
     total = total + n
     if n == 0 then return total end
@@ -57,13 +69,15 @@ local function consume_all(run, msgs)
   local effects = 0
   for round = 1, 2 do
     for _, m in ipairs(msgs) do
-      local ok = assert(outbox.consume_once(db, m.id, function(tx)
-        local res, err = tx:query("INSERT INTO outbox_spec_effects (event_id, run) VALUES ($1, $2)", m.id, run)
-        if not res then return nil, err end
+      local ok, err = outbox.consume_once(db, m.id, function(tx)
+        local res, e = tx:query("INSERT INTO outbox_spec_effects (event_id, run) VALUES ($1, $2)", m.id, run)
+        if not res then return nil, e end
         return "done"
-      end, { consumer = "spec" }) ~= nil)
-      assert.is_true(ok)
-      if round == 1 then effects = effects + 1 end
+      end, { consumer = "spec" })
+      assert(ok ~= nil, err)
+      if ok then assert.equals("done", err) end  -- fn's value
+      assert.equals(round == 1, ok)           -- applied the first time, a duplicate the second
+      if ok then effects = effects + 1 end
     end
   end
   return effects
@@ -112,13 +126,11 @@ describe("nuvion.outbox", function()
   it("publishes in the caller's transaction: a rollback leaves no event", function()
     local run = ids.new("run")
     local id = assert(db:tx(function(tx)
-      return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = run .. "-a", type = "spec_order.created",
-                                  data = { n = 1 } })
+      return publish(tx, run .. "-a", { n = 1 })
     end))
     assert.matches("^evt_%x+$", id)
     local none, err = db:tx(function(tx)
-      assert(outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = run .. "-a", type = "spec_order.created",
-                                  data = { n = 2 } }))
+      assert(publish(tx, run .. "-a", { n = 2 }))
       return nil, "business rule said no"
     end)
     assert.is_nil(none)
@@ -132,10 +144,14 @@ describe("nuvion.outbox", function()
 
   it("refuses bad events as caller bugs and changes nothing", function()
     assert.has_error(function()
-      db:tx(function(tx) return outbox.publish(tx, { aggregate_type = "Bad Type", aggregate_id = "x", type = "a.b", data = {} }) end)
+      db:tx(function(tx)
+        return outbox.publish(tx, { aggregate_type = "Bad Type", aggregate_id = "x", type = "a.b", data = {} })
+      end)
     end)
     assert.has_error(function()
-      db:tx(function(tx) return outbox.publish(tx, { aggregate_type = "a", aggregate_id = "x", type = "nodot", data = {} }) end)
+      db:tx(function(tx)
+        return outbox.publish(tx, { aggregate_type = "a", aggregate_id = "x", type = "nodot", data = {} })
+      end)
     end)
     assert.has_error(function() outbox.publish(db, nil) end)
   end)
@@ -173,8 +189,7 @@ describe("nuvion.outbox", function()
     local done = 0
     nuvion.spawn(function()
       assert(db:tx(function(tx)
-        assert(outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = agg, type = "spec_order.created",
-                                    data = { k = 1 } }))
+        assert(publish(tx, agg, { k = 1 }))
         nuvion.sleep(300)       -- the first transaction stays open ...
         return true
       end))
@@ -183,8 +198,7 @@ describe("nuvion.outbox", function()
     nuvion.sleep(50)
     nuvion.spawn(function()     -- ... while a second one publishes for the same aggregate
       assert(db:tx(function(tx)
-        return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = agg, type = "spec_order.created",
-                                    data = { k = 2 } })
+        return publish(tx, agg, { k = 2 })
       end))
       done = done + 1
     end)
@@ -200,8 +214,7 @@ describe("nuvion.outbox", function()
   it("a second relay waits while one holds the lock (one relay at a time keeps the order)", function()
     local run = ids.new("run")
     assert(db:tx(function(tx)
-      return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = run .. "-x", type = "spec_order.created",
-                                  data = {} })
+      return publish(tx, run .. "-x", {})
     end))
     local inner
     local n = assert(outbox.relay_once(db, redis_queue(run), { after_enqueue = function()
@@ -215,8 +228,7 @@ describe("nuvion.outbox", function()
     local run = ids.new("run")
     for k = 1, 5 do
       assert(db:tx(function(tx)
-        return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = run .. "-x", type = "spec_order.created",
-                                    data = { k = k } })
+        return publish(tx, run .. "-x", { k = k })
       end))
     end
     local seen = 0
@@ -229,7 +241,8 @@ describe("nuvion.outbox", function()
     assert.equals("redis down", err)
     assert.equals(3, seen)
     assert.equals(3, pending(run))
-    local rows = db:query("SELECT relay_attempts FROM outbox WHERE aggregate_id = $1 AND relayed_at IS NULL ORDER BY seq",
+    local rows = db:query("SELECT relay_attempts FROM outbox WHERE aggregate_id = $1 AND relayed_at IS NULL " ..
+                          "ORDER BY seq",
                           run .. "-x")
     assert.equals(1, rows[1].relay_attempts)
     assert.equals(3, drain(redis_queue(run)))
@@ -253,8 +266,7 @@ describe("nuvion.outbox", function()
     local h = outbox.relay(db, redis_queue(run), { idle_ms = 20 })
     for k = 1, 10 do
       assert(db:tx(function(tx)
-        return outbox.publish(tx, { aggregate_type = "spec_order", aggregate_id = run .. "-t", type = "spec_order.created",
-                                    data = { k = k } })
+        return publish(tx, run .. "-t", { k = k })
       end))
     end
     local deadline = require("nuvion").monotonic_ms() + 5000
@@ -279,23 +291,43 @@ describe("nuvion.outbox", function()
       assert.equals(30, consume_all(run, msgs))
     end)
 
-    it("mid-relay, after enqueue and before marking: re-enqueued events are deduplicated, none lost", function()
+    it("mid-relay into nuvion.queue: re-enqueued events are dropped by job id, duplicates absorbed", function()
       local run = ids.new("run")
       local p = spawn_producer(run, 25, "mid_relay")
       wait_line(p, "enqueued")
       kill9(p)
+      local q = queue.new("outbox_spec_" .. run, { redis = r })
       -- Every event is queued already, and every row is still pending (the batch never committed).
-      assert.equals(25, #queued(run))
+      assert.equals(25, q:counts().waiting)
       assert.equals(25, pending(run))
-      local q = redis_queue(run)
-      assert.equals(25, drain(q))
-      assert.equals(25, q.adds)                     -- all enqueued a second time ...
-      local msgs = queued(run)
-      assert.equals(25, #msgs)                      -- ... and the job-id rule dropped them
-      check_order(msgs)
-      -- A queue that had already removed the completed jobs would deliver them again:
-      -- consume_once absorbs that (each message twice here).
-      assert.equals(25, consume_all(run, msgs))
+      assert.equals(25, drain(q, { removeOnComplete = true }))   -- all enqueued a second time ...
+      assert.equals(25, q:counts().waiting)                      -- ... and dropped by the job-id rule
+      assert.equals(0, pending(run))
+      local seen, applied = {}, 0
+      local w = queue.worker("outbox_spec_" .. run, function(job)
+        local ok, err = outbox.consume_once(db, job.id, function(tx)
+          return tx:query("INSERT INTO outbox_spec_effects (event_id, run) VALUES ($1, $2)", job.id, run)
+        end, { consumer = "spec" })
+        assert(ok ~= nil, err)
+        assert(job.id == job.data.id)
+        seen[#seen + 1] = { id = job.id, aggregate_id = job.data.aggregate_id, seq = job.data.seq }
+        if ok then applied = applied + 1 end
+      end, { redis = r, concurrency = 1 })
+      local nuvion = require "nuvion"
+      local function wait_for(count)
+        local deadline = nuvion.monotonic_ms() + 10000
+        while #seen < count and nuvion.monotonic_ms() < deadline do nuvion.sleep(20) end
+        assert.equals(count, #seen)
+      end
+      wait_for(25)
+      check_order(seen)
+      -- The jobs are gone (removeOnComplete): a crash after enqueue but before marking now would
+      -- add them again. The consumer runs each a second time and consume_once absorbs it.
+      assert(db:query("UPDATE outbox SET relayed_at = NULL WHERE aggregate_id LIKE $1", run .. "-%"))
+      assert.equals(25, drain(q, { removeOnComplete = true }))
+      wait_for(50)
+      w:close(2000)
+      assert.equals(25, applied)
       local rows = db:query("SELECT count(*)::int AS n FROM outbox_spec_effects WHERE run = $1", run)
       assert.equals(25, rows[1].n)
     end)
