@@ -346,19 +346,28 @@ function WH:rotate_secret(owner_id, id, p)
   return secret
 end
 
--- The secrets signing for an endpoint now, newest first.
-function WH:signing_secrets(endpoint_id)
-  local rows, err = self.db:query("SELECT secret_enc FROM webhook_endpoint_secrets WHERE endpoint_id = $1 " ..
-                                  "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id DESC LIMIT $2",
-                                  endpoint_id, _M.SECRETS_MAX)
-  if not rows then return nil, err end
+-- The encrypted secrets signing for an endpoint now, newest first, as a JSON array (a subquery
+-- on the endpoint's id in the outer query: e.id).
+local SECRETS_SQL = "SELECT coalesce(json_agg(s.secret_enc ORDER BY s.id DESC), '[]') FROM " ..
+  "(SELECT id, secret_enc FROM webhook_endpoint_secrets WHERE endpoint_id = e.id " ..
+  "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id DESC LIMIT " .. _M.SECRETS_MAX .. ") s"
+
+function WH:decrypt_secrets(endpoint_id, list)
   local out = {}
-  for i, row in ipairs(rows) do
-    local s, e = self.kr:decrypt(row.secret_enc, secret_aad(endpoint_id))
+  for i, enc in ipairs(list) do
+    local s, e = self.kr:decrypt(enc, secret_aad(endpoint_id))
     if not s then return nil, fail("secret_unreadable", "a signing secret does not decrypt: " .. tostring(e)) end
     out[i] = s
   end
   return out
+end
+
+-- The secrets signing for an endpoint now, newest first.
+function WH:signing_secrets(endpoint_id)
+  local rows, err = self.db:query("SELECT (" .. SECRETS_SQL .. ") AS secrets FROM webhook_endpoints e " ..
+                                  "WHERE e.id = $1", endpoint_id)
+  if not rows then return nil, err end
+  return self:decrypt_secrets(endpoint_id, rows[1] and rows[1].secrets or {})
 end
 
 -- ---- deliveries ----
@@ -421,9 +430,22 @@ end
 
 -- Records attempt n's outcome and moves the delivery and the endpoint on, in one transaction.
 function WH:record(d, n, started_at, latency_ms, status_code, ok, why, resp_excerpt)
+  if ok then
+    -- The common case in one statement (one round trip, one commit).
+    local rows, err = self.db:query({
+      "WITH a AS (INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, status_code, ok, " ..
+      "response_excerpt) VALUES ($1, $2, to_timestamp($3), $4, $5, true, $6)), " ..
+      "d AS (UPDATE webhook_deliveries SET status = 'succeeded', last_status_code = $5, last_error = NULL, " ..
+      "next_attempt_at = NULL, completed_at = now() WHERE id = $1), " ..
+      "e AS (UPDATE webhook_endpoints SET failure_streak = 0, failing_since = NULL " ..
+      "WHERE id = $7 AND failure_streak <> 0) SELECT 1 AS ok",
+      d.id, n, started_at, latency_ms, status_code, resp_excerpt, d.endpoint_id, n = 7 })
+    if not rows then return nil, err end
+    return { id = d.id, status = "succeeded", attempt = n, status_code = status_code }
+  end
   local schedule = self.schedule
-  local delay = not ok and _M.delay_ms(schedule, n) or nil
-  local status = ok and "succeeded" or (delay and "retrying" or "failed")
+  local delay = _M.delay_ms(schedule, n)
+  local status = delay and "retrying" or "failed"
   local disabled = false
   local done, err = self.db:tx(function(tx)
     local rows, e = tx:query({
@@ -438,12 +460,6 @@ function WH:record(d, n, started_at, latency_ms, status_code, ok, why, resp_exce
       "completed_at = CASE WHEN $5::bigint IS NULL THEN now() END WHERE id = $1",
       d.id, status, status_code, why, delay, n = 5 })
     if not rows then return nil, e end
-    if ok then
-      rows, e = tx:query("UPDATE webhook_endpoints SET failure_streak = 0, failing_since = NULL " ..
-                         "WHERE id = $1 AND failure_streak <> 0", d.endpoint_id)
-      if not rows then return nil, e end
-      return true
-    end
     local rule = schedule.disable_after
     rows, e = tx:query(
       "UPDATE webhook_endpoints SET failure_streak = failure_streak + 1, " ..
@@ -489,7 +505,8 @@ function WH:deliver(delivery_id)
   local rows, err = self.db:query(
     "UPDATE webhook_deliveries d SET attempts = d.attempts + 1 FROM webhook_endpoints e " ..
     "WHERE d.id = $1 AND d.status IN ('pending', 'retrying') AND e.id = d.endpoint_id " ..
-    "RETURNING d.id, d.attempts, d.body, d.event_id, d.endpoint_id, e.url, e.enabled, e.deleted_at", delivery_id)
+    "RETURNING d.id, d.attempts, d.body, d.event_id, d.endpoint_id, e.url, e.enabled, e.deleted_at, " ..
+    "e.failure_streak, (" .. SECRETS_SQL .. ") AS secrets", delivery_id)
   if not rows then return nil, err end
   local d = rows[1]
   if not d then
@@ -512,7 +529,7 @@ function WH:deliver(delivery_id)
   end
   local started = nuvion.now()
   local t0 = nuvion.monotonic_ms()
-  local secrets, serr = self:signing_secrets(d.endpoint_id)
+  local secrets, serr = self:decrypt_secrets(d.endpoint_id, d.secrets or {})
   if not secrets then return nil, serr end
   local addr, gerr = netguard.check_url(d.url, { allow_private = self.allow_private })
   local res, herr
