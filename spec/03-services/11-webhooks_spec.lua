@@ -288,6 +288,40 @@ describe("nuvion.webhooks", function()
       assert.equals(4, #received(key))
     end)
 
+    it("two runs of one delivery at once (a stalled job) record distinct attempts, every request", function()
+      local wh = setup_wh(nil, false)
+      local owner = ids.new("cus")
+      local _, key = endpoint(wh, owner, "fail")
+      local did = assert(wh:publish(event(owner)))[1]
+      local results, done = {}, 0
+      for i = 1, 2 do
+        nuvion.spawn(function()
+          results[i] = assert(wh:deliver(did))
+          done = done + 1
+        end)
+      end
+      wait_until(function() return done == 2 end, 5000, "both attempts")
+      table.sort(results, function(x, y) return x.attempt < y.attempt end)
+      assert.same({ 1, 2 }, { results[1].attempt, results[2].attempt })
+      assert.equals(2, #received(key))
+      -- once a run succeeded, the other finds the delivery final and records nothing
+      local owner2 = ids.new("cus")
+      local _, key2 = endpoint(wh, owner2, "ok")
+      local did2 = assert(wh:publish(event(owner2)))[1]
+      done = 0
+      for i = 1, 2 do
+        nuvion.spawn(function()
+          results[i] = assert(wh:deliver(did2))
+          done = done + 1
+        end)
+      end
+      wait_until(function() return done == 2 end, 5000, "both runs")
+      assert.same({ "succeeded", "succeeded" }, { results[1].status, results[2].status })
+      local d = assert(wh:get_delivery(owner2, did2))
+      assert.equals(#received(key2), #d.attempt_list)      -- every request made is recorded
+      assert.equals(#received(key2), d.attempts)
+    end)
+
     it("disables an endpoint after the failure streak, with a webhook_endpoint.disabled event", function()
       local wh, _, stop = setup_wh({ disable_after = { failures = 3, for_ms = 0 } })
       local owner = ids.new("cus")

@@ -429,30 +429,44 @@ local function excerpt(s, n)
 end
 
 -- Records attempt n's outcome and moves the delivery and the endpoint on, in one transaction.
-function WH:record(d, n, started_at, latency_ms, status_code, ok, why, resp_excerpt)
+-- The attempt's number is taken here (attempts + 1), in the statement that records it: two runs
+-- of one delivery at once (a stalled queue job) record attempts n and n + 1, never the same n
+-- twice, and every request made is recorded. A failure on a delivery made final meanwhile (by
+-- the other run) is recorded as an attempt and changes nothing else.
+function WH:record(d, started_at, latency_ms, status_code, ok, why, resp_excerpt)
   if ok then
     -- The common case in one statement (one round trip, one commit).
     local rows, err = self.db:query({
-      "WITH a AS (INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, status_code, ok, " ..
-      "response_excerpt) VALUES ($1, $2, to_timestamp($3), $4, $5, true, $6)), " ..
-      "d AS (UPDATE webhook_deliveries SET status = 'succeeded', last_status_code = $5, last_error = NULL, " ..
-      "next_attempt_at = NULL, completed_at = now() WHERE id = $1), " ..
+      "WITH d AS (UPDATE webhook_deliveries SET attempts = attempts + 1, status = 'succeeded', " ..
+      "last_status_code = $5, last_error = NULL, next_attempt_at = NULL, " ..
+      "completed_at = coalesce(completed_at, now()) WHERE id = $1 RETURNING attempts), " ..
+      "a AS (INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, status_code, ok, " ..
+      "response_excerpt) SELECT $1, d.attempts, to_timestamp($3), $4, $5, true, $6 FROM d), " ..
       "e AS (UPDATE webhook_endpoints SET failure_streak = 0, failing_since = NULL " ..
-      "WHERE id = $7 AND failure_streak <> 0) SELECT 1 AS ok",
-      d.id, n, started_at, latency_ms, status_code, resp_excerpt, d.endpoint_id, n = 7 })
+      "WHERE id = $2 AND failure_streak <> 0 AND EXISTS (SELECT 1 FROM d)) SELECT attempts FROM d",
+      d.id, d.endpoint_id, started_at, latency_ms, status_code, resp_excerpt, n = 6 })
     if not rows then return nil, err end
-    return { id = d.id, status = "succeeded", attempt = n, status_code = status_code }
+    if not rows[1] then return self:final_status(d.id) end
+    return { id = d.id, status = "succeeded", attempt = rows[1].attempts, status_code = status_code }
   end
   local schedule = self.schedule
-  local delay = _M.delay_ms(schedule, n)
-  local status = delay and "retrying" or "failed"
-  local disabled = false
+  local n, delay, status
+  local disabled, final = false, false
   local done, err = self.db:tx(function(tx)
-    local rows, e = tx:query({
+    local rows, e = tx:query("UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1 " ..
+                             "RETURNING attempts, status IN ('pending', 'retrying') AS open", d.id)
+    if not rows then return nil, e end
+    if not rows[1] then return nil, fail("resource_missing", "No such delivery: " .. tostring(d.id)) end
+    n = rows[1].attempts
+    local open = rows[1].open
+    rows, e = tx:query({
       "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, status_code, ok, error, " ..
       "response_excerpt) VALUES ($1, $2, to_timestamp($3), $4, $5, $6, $7, $8)",
       d.id, n, started_at, latency_ms, status_code, ok, why, resp_excerpt, n = 8 })
     if not rows then return nil, e end
+    if not open then final = true return true end
+    delay = _M.delay_ms(schedule, n)
+    status = delay and "retrying" or "failed"
     rows, e = tx:query({
       "UPDATE webhook_deliveries SET status = $2, last_status_code = $3, last_error = $4, " ..
       "next_attempt_at = CASE WHEN $5::bigint IS NULL THEN NULL " ..
@@ -489,6 +503,7 @@ function WH:record(d, n, started_at, latency_ms, status_code, ok, why, resp_exce
     return true
   end)
   if not done then return nil, err end
+  if final then return self:final_status(d.id) end
   if disabled then
     log.warn("webhook endpoint disabled after a failure streak", { endpoint_id = d.endpoint_id })
   end
@@ -503,29 +518,20 @@ end
 -- secret, to the address the SSRF guard checked (pinned), with no redirect followed.
 function WH:deliver(delivery_id)
   local rows, err = self.db:query(
-    "UPDATE webhook_deliveries d SET attempts = d.attempts + 1 FROM webhook_endpoints e " ..
-    "WHERE d.id = $1 AND d.status IN ('pending', 'retrying') AND e.id = d.endpoint_id " ..
-    "RETURNING d.id, d.attempts, d.body, d.event_id, d.endpoint_id, e.url, e.enabled, e.deleted_at, " ..
-    "e.failure_streak, (" .. SECRETS_SQL .. ") AS secrets", delivery_id)
+    "SELECT d.id, d.attempts, d.body, d.event_id, d.endpoint_id, d.status, e.url, e.enabled, e.deleted_at, " ..
+    "(" .. SECRETS_SQL .. ") AS secrets FROM webhook_deliveries d JOIN webhook_endpoints e " ..
+    "ON e.id = d.endpoint_id WHERE d.id = $1", delivery_id)
   if not rows then return nil, err end
   local d = rows[1]
-  if not d then
-    rows, err = self.db:query("SELECT id, status, attempts, last_status_code, last_error FROM webhook_deliveries " ..
-                              "WHERE id = $1", delivery_id)
-    if not rows then return nil, err end
-    if not rows[1] then return nil, fail("resource_missing", "No such delivery: " .. tostring(delivery_id)) end
-    local r = rows[1]
-    return { id = r.id, status = r.status, attempt = r.attempts, status_code = r.last_status_code,
-             error = r.last_error, final = true }
-  end
-  local n = d.attempts
+  if not d then return nil, fail("resource_missing", "No such delivery: " .. tostring(delivery_id)) end
+  if d.status ~= "pending" and d.status ~= "retrying" then return self:final_status(d.id) end
   if not d.enabled or d.deleted_at then
     local reason = d.deleted_at and "endpoint_deleted" or "endpoint_disabled"
     local up, e = self.db:query("UPDATE webhook_deliveries SET status = 'failed', last_error = $2, " ..
-                                "next_attempt_at = NULL, completed_at = now(), attempts = attempts - 1 WHERE id = $1",
-                                d.id, reason)
+                                "next_attempt_at = NULL, completed_at = now() " ..
+                                "WHERE id = $1 AND status IN ('pending', 'retrying')", d.id, reason)
     if not up then return nil, e end
-    return { id = d.id, status = "failed", attempt = n - 1, error = reason }
+    return { id = d.id, status = "failed", attempt = d.attempts, error = reason }
   end
   local started = nuvion.now()
   local t0 = nuvion.monotonic_ms()
@@ -548,7 +554,7 @@ function WH:deliver(delivery_id)
         ["Nuvion-Signature"] = _M.sign(secrets, now_s(), d.body),
         ["Nuvion-Event-Id"] = d.event_id,
         ["Nuvion-Delivery-Id"] = d.id,
-        ["Nuvion-Delivery-Attempt"] = tostring(n),
+        ["Nuvion-Delivery-Attempt"] = tostring(d.attempts + 1),
       },
     })
   end
@@ -558,8 +564,19 @@ function WH:deliver(delivery_id)
   if res and not ok then
     why = (res.status >= 300 and res.status < 400) and "redirect not followed" or ("http " .. res.status)
   end
-  return self:record(d, n, started, latency, res and res.status, ok, why,
+  return self:record(d, started, latency, res and res.status, ok, why,
                      res and excerpt(res.body, self.excerpt_bytes))
+end
+
+-- A delivery as it stands, marked final (no attempt was made).
+function WH:final_status(id)
+  local rows, err = self.db:query("SELECT id, status, attempts, last_status_code, last_error " ..
+                                  "FROM webhook_deliveries WHERE id = $1", id)
+  if not rows then return nil, err end
+  local r = rows[1]
+  if not r then return nil, fail("resource_missing", "No such delivery: " .. tostring(id)) end
+  return { id = r.id, status = r.status, attempt = r.attempts, status_code = r.last_status_code,
+           error = r.last_error, final = true }
 end
 
 -- job_handler() -> function(job) for queue.worker: one attempt per run; a failed attempt with
