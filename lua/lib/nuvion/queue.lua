@@ -653,10 +653,11 @@ function Worker:release(job)
 end
 
 function Worker:renew_locks()
-  local args = {}
+  local args, sent = {}, {}
   for id, job in pairs(self.jobs) do
     args[#args + 1] = id
     args[#args + 1] = job.token
+    sent[id] = job
   end
   if #args == 0 then return end
   local lost, err = self.q:run("extend", self.lock_ms, unpack(args))
@@ -666,8 +667,13 @@ function Worker:renew_locks()
   end
   self.stats_t.lock_renewals = self.stats_t.lock_renewals + #args / 2 - #lost
   for _, id in ipairs(lost) do
-    self.stats_t.lock_lost = self.stats_t.lock_lost + 1
-    log.warn("queue: a job lost its lock", { queue = self.name, job_id = id })
+    -- a job that finished while the renewal was on its way has no lock to renew
+    local job = sent[id]
+    if self.jobs[id] == job and not job.released then
+      job.lock_lost = true
+      self.stats_t.lock_lost = self.stats_t.lock_lost + 1
+      log.warn("queue: a job lost its lock", { queue = self.name, job_id = id })
+    end
   end
 end
 
