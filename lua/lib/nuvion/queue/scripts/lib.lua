@@ -8,17 +8,23 @@ local K_COMPLETED, K_FAILED, K_STALLED, K_STALLED_CHECK = KEYS[6], KEYS[7], KEYS
 local K_META, K_ID, K_PC, K_MARKER, K_EVENTS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 local PREFIX = ARGV[1]
 
--- The events stream bound: meta's opts.maxLenEvents, written with its default when missing.
-local max_events_cached
-local function max_events()
-  if not max_events_cached then
-    max_events_cached = rcall("HGET", K_META, "opts.maxLenEvents")
-    if not max_events_cached then
-      max_events_cached = 10000
-      rcall("HSET", K_META, "opts.maxLenEvents", max_events_cached)
+-- meta's fields the scripts read, once per call: the events stream bound (opts.maxLenEvents,
+-- written with BullMQ's default 10000 when missing), paused, and BullMQ's global concurrency.
+local meta_cached
+local function meta()
+  if not meta_cached then
+    local m = rcall("HMGET", K_META, "opts.maxLenEvents", "paused", "concurrency")
+    if not m[1] then
+      m[1] = 10000
+      rcall("HSET", K_META, "opts.maxLenEvents", m[1])
     end
+    meta_cached = { max_events = m[1], paused = m[2], concurrency = m[3] }
   end
-  return max_events_cached
+  return meta_cached
+end
+
+local function max_events()
+  return meta().max_events
 end
 
 -- XADD events MAXLEN ~ <bound> * field value ...
@@ -29,9 +35,9 @@ end
 -- Where a job ready to run goes: paused list when meta.paused, else wait; and
 -- whether workers must not be woken (paused, or meta.concurrency reached).
 local function target_list()
-  local attrs = rcall("HMGET", K_META, "paused", "concurrency")
-  if attrs[1] then return K_PAUSED, true end
-  if attrs[2] and rcall("LLEN", K_ACTIVE) >= tonumber(attrs[2]) then return K_WAIT, true end
+  local m = meta()
+  if m.paused then return K_PAUSED, true end
+  if m.concurrency and rcall("LLEN", K_ACTIVE) >= tonumber(m.concurrency) then return K_WAIT, true end
   return K_WAIT, false
 end
 
@@ -178,12 +184,31 @@ local function take(timestamp, token, lock_ms, worker_name)
   local job_key = PREFIX .. id
   rcall("SET", job_key .. ":lock", token, "PX", lock_ms)
   emit("event", "active", "jobId", id, "prev", "waiting")
-  if worker_name and worker_name ~= "" then
-    rcall("HSET", job_key, "processedOn", timestamp, "pb", worker_name)
-  else
-    rcall("HSET", job_key, "processedOn", timestamp)
+  -- read the job once, then write processedOn, ats + 1 (and pb) in one HSET and return the
+  -- fields as they now are: one call fewer than HSET + HINCRBY + HGETALL
+  local flat = rcall("HGETALL", job_key)
+  local set = { processedOn = timestamp, ats = 1 }
+  if worker_name and worker_name ~= "" then set.pb = worker_name end
+  for i = 1, #flat, 2 do
+    if flat[i] == "ats" then set.ats = (tonumber(flat[i + 1]) or 0) + 1 end
   end
-  rcall("HINCRBY", job_key, "ats", 1)
+  local args = {}
+  for k, v in pairs(set) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  rcall("HSET", job_key, unpack(args))
+  for i = 1, #flat, 2 do
+    local v = set[flat[i]]
+    if v ~= nil then
+      flat[i + 1] = tostring(v)
+      set[flat[i]] = nil
+    end
+  end
+  for k, v in pairs(set) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = tostring(v)
+  end
   base_marker(false)
-  return { rcall("HGETALL", job_key), id }
+  return { flat, id }
 end
