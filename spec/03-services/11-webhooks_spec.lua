@@ -395,6 +395,43 @@ describe("nuvion.webhooks", function()
     end)
   end)
 
+  it("end to end: a business transaction's outbox event reaches the customer signed, once", function()
+    local outbox = require "nuvion.outbox"
+    local wh, _, stop = setup_wh()
+    local owner = ids.new("cus")
+    local ep, key = endpoint(wh, owner, "ok")
+    local events = queue.new("webhooks_spec_events_" .. ids.new("q"), { redis = r })
+    local consumer = queue.worker(events.name, wh:outbox_handler(), { redis = r, concurrency = 5, drain_delay = 1 })
+    local payout = ids.new("po")
+    local event_id = assert(db:tx(function(tx)
+      return outbox.publish(tx, { aggregate_type = "payout", aggregate_id = payout, type = "payout.paid",
+                                  data = { id = payout, owner_id = owner, amount = 2500, currency = "KES" } })
+    end))
+    -- the relay runs twice over the same row (as after a crash before it marked it)
+    assert(db:query("UPDATE outbox SET relayed_at = now() WHERE relayed_at IS NULL AND id <> $1", event_id))
+    local function relay()
+      local n, err = outbox.relay_once(db, events)
+      while err == "busy" do nuvion.sleep(20) n, err = outbox.relay_once(db, events) end
+      assert.is_nil(err)
+      return n
+    end
+    assert.equals(1, relay())
+    assert(db:query("UPDATE outbox SET relayed_at = NULL WHERE id = $1", event_id))
+    assert.equals(1, relay())
+    wait_until(function() return #received(key) > 0 end, 10000, "the webhook")
+    nuvion.sleep(300)
+    consumer:close(2000)
+    stop()
+    local got = received(key)
+    assert.equals(1, #got)
+    assert.equals(event_id, got[1].event_id)
+    assert.is_true(webhooks.verify(got[1].signature, got[1].body, ep.secret))
+    local body = json.decode(got[1].body)
+    assert.equals(event_id, body.id)
+    assert.equals(2500, body.data.amount)
+    assert.is_true(math.abs(body.created - os.time()) < 60)
+  end)
+
   describe("the SSRF guard", function()
     local prod = webhooks.new({ db = db, keyring = keyring, schedule = schedule(), allow_private = false })
 

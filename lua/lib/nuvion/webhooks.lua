@@ -597,6 +597,24 @@ function WH:job_handler()
   end
 end
 
+-- outbox_handler({ owner_field = "owner_id" }) -> function(job) for the worker of a queue the
+-- outbox relays into (docs/outbox.md): an event whose data names its owner (data.owner_id, or
+-- the field given) becomes that owner's deliveries; others are skipped. Publishing is
+-- idempotent by event id, so a relay's duplicate creates nothing.
+function WH:outbox_handler(p)
+  local field = p and p.owner_field or "owner_id"
+  return function(job)
+    local m = job.data
+    local owner = type(m.data) == "table" and m.data[field] or nil
+    if type(owner) ~= "string" or owner == "" then return { skipped = true } end
+    local created = ids.time_ms(m.id)
+    local list, err = self:publish({ id = m.id, type = m.type, owner_id = owner, data = m.data,
+                                     created = created and floor(created / 1000) or nil })
+    if not list then error({ code = err.code or err.name or "publish_failed", message = tostring(err.message) }) end
+    return { deliveries = #list }
+  end
+end
+
 -- run_due({ limit = 100, lease_ms = 60000 }) -> deliveries attempted | nil, err
 -- Without a queue: claims the deliveries that are due (their next_attempt_at pushed by lease_ms,
 -- so a crash mid-attempt retries after the lease) and attempts them concurrently.
