@@ -249,6 +249,24 @@ describe("nuvion.outbox", function()
     assert.equals(3, drain(redis_queue(run)))
   end)
 
+  it("purges relayed rows past the retention, never pending ones", function()
+    local run = ids.new("run")
+    for k = 1, 3 do
+      assert(db:tx(function(tx) return publish(tx, run .. "-p", { k = k }) end))
+    end
+    local n, err = outbox.relay_once(db, function(msg) return msg.data.k < 3 or nil, "later" end)
+    assert.equals(2, n)
+    assert.equals("later", err)
+    assert.is_number(outbox.purge(db, 3600))
+    local kept = db:query("SELECT count(*)::int AS n FROM outbox WHERE aggregate_id = $1", run .. "-p")[1].n
+    assert.equals(3, kept)                      -- relayed a moment ago: inside an hour's retention
+    assert.is_true(outbox.purge(db, 0) >= 2)
+    local left = db:query("SELECT data FROM outbox WHERE aggregate_id = $1", run .. "-p")
+    assert.equals(1, #left)                     -- the pending one stays
+    assert.equals(3, left[1].data.k)
+    assert.equals(1, drain(redis_queue(run)))
+  end)
+
   it("consume_once rolls back the record with the effects when fn fails, so a retry runs fn again", function()
     local id = ids.new("evt")
     local calls = 0
