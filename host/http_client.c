@@ -33,7 +33,7 @@
 
 #define HC_REQ_MT "nuvion.http_c.request"
 #define HC_SENTINEL "nuvion.http_c.sentinel"
-#define HC_KEY_BYTES (NV_HTTP_CLIENT_HOST_BYTES_MAX * 2 + 64) /* origin + proxy + context */
+#define HC_KEY_BYTES (NV_HTTP_CLIENT_HOST_BYTES_MAX * 3 + 64) /* origin + proxy + pinned address + context */
 #define HC_ERR_BYTES 256
 #define HC_PULL_BYTES (64 * 1024) /* raw chunked bytes decoded per step */
 #define HC_WAIT 2                 /* read_head: the head is incomplete, wait for bytes */
@@ -67,8 +67,10 @@ struct hc_req {
     unsigned released : 1;    /* I/O stopped, conn and timer gone */
     unsigned tls : 1, verify : 1, head_request : 1, idempotent : 1;
     unsigned reused : 1, retried : 1, got_bytes : 1, ok : 1, reusable : 1;
+    unsigned resolve_only : 1; /* answer the host's addresses, connect nowhere */
     hc_phase phase;
     char host[NV_HTTP_CLIENT_HOST_BYTES_MAX + 1];
+    char pin[NV_HTTP_CLIENT_HOST_BYTES_MAX + 1]; /* an IP literal to connect to instead of resolving host, or "" */
     int port;
     char proxy_host[NV_HTTP_CLIENT_HOST_BYTES_MAX + 1]; /* "" when direct */
     int proxy_port;
@@ -721,6 +723,37 @@ static void set_addr(hc_req *r, const struct sockaddr *sa, socklen_t len, int po
     else ((struct sockaddr_in6 *)&r->addr)->sin6_port = htons((uint16_t)port);
 }
 
+/* resolve_only: the answer is the addresses as text, comma-separated, in the body. */
+static void resolved_text(hc_req *r, const char *text) {
+    size_t n = strlen(text);
+    r->body = malloc(n + 1);
+    if (r->body == NULL) return req_finish(r, 0, "out of memory");
+    memcpy(r->body, text, n + 1);
+    r->body_len = n;
+    req_finish(r, 1, NULL);
+}
+
+static void resolved_list(hc_req *r, struct evutil_addrinfo *res) {
+    char list[NV_HTTP_CLIENT_RESOLVED_MAX * (INET6_ADDRSTRLEN + 1) + 1];
+    size_t len = 0;
+    int count = 0;
+    list[0] = '\0';
+    for (struct evutil_addrinfo *a = res; a != NULL && count < NV_HTTP_CLIENT_RESOLVED_MAX; a = a->ai_next) {
+        char ip[INET6_ADDRSTRLEN];
+        const void *src = a->ai_family == AF_INET ? (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr
+                        : a->ai_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr
+                        : NULL;
+        if (src == NULL || inet_ntop(a->ai_family, src, ip, sizeof ip) == NULL) continue;
+        int w = snprintf(list + len, sizeof list - len, "%s%s", count > 0 ? "," : "", ip);
+        if (w < 0 || (size_t)w >= sizeof list - len) break;
+        len += (size_t)w;
+        count++;
+    }
+    evutil_freeaddrinfo(res);
+    if (count == 0) return req_finish(r, 0, "dns: no usable address for %s", r->host);
+    resolved_text(r, list);
+}
+
 static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
     if (result == EVUTIL_EAI_CANCEL) return; /* req_release cancelled it; r may be going away */
     hc_req *r = arg;
@@ -730,12 +763,14 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg) {
     if (result != 0 || res == NULL) {
         if (res != NULL) evutil_freeaddrinfo(res);
         if (strcasecmp(name, "localhost") == 0) { /* RFC 6761: loopback, even without a hosts entry */
+            if (r->resolve_only) return resolved_text(r, "127.0.0.1");
             struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
             set_addr(r, (struct sockaddr *)&lo, sizeof lo, port);
             return req_step_connect(r);
         }
         return req_finish(r, 0, "dns: cannot resolve %s: %s", name, evutil_gai_strerror(result));
     }
+    if (r->resolve_only) return resolved_list(r, res);
     struct evutil_addrinfo *pick = res;
     for (struct evutil_addrinfo *a = res; a != NULL; a = a->ai_next) /* IPv4 first: loopback setups */
         if (a->ai_family == AF_INET) { pick = a; break; }
@@ -765,10 +800,15 @@ static struct evdns_base *dns_base(void) {
 /* The address (a literal, or evdns), then connect. */
 static void req_resolve(hc_req *r) {
     r->phase = HC_DNS;
-    const char *name = r->proxy_host[0] != '\0' ? r->proxy_host : r->host;
+    const char *name = r->proxy_host[0] != '\0' ? r->proxy_host : r->pin[0] != '\0' ? r->pin : r->host;
     int port = r->proxy_host[0] != '\0' ? r->proxy_port : r->port;
     struct sockaddr_in in4 = {.sin_family = AF_INET};
     struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+    if (r->resolve_only) {
+        name = r->host;
+        if (inet_pton(AF_INET, name, &in4.sin_addr) == 1 || inet_pton(AF_INET6, name, &in6.sin6_addr) == 1)
+            return resolved_text(r, name);
+    }
     if (inet_pton(AF_INET, name, &in4.sin_addr) == 1) {
         set_addr(r, (struct sockaddr *)&in4, sizeof in4, port);
         return req_step_connect(r);
@@ -790,7 +830,7 @@ static void req_resolve(hc_req *r) {
 static void req_start(hc_req *r) {
     timer_arm(r, r->connect_deadline_us);
     if (r->finished) return;
-    hc_conn *c = pool_take(r->key);
+    hc_conn *c = r->resolve_only ? NULL : pool_take(r->key);
     if (c == NULL) return req_resolve(r);
     hc.reuses++;
     r->conn = c;
@@ -844,6 +884,13 @@ static void req_options(lua_State *L, hc_req *r) {
     copy_host(L, "host", r->host, 1);
     r->port = (int)opt_int(L, "port", r->tls ? 443 : 80, 1, 65535);
     copy_host(L, "proxy_host", r->proxy_host, 0);
+    copy_host(L, "pin", r->pin, 0);
+    if (r->pin[0] != '\0') {
+        struct in6_addr probe;
+        if (inet_pton(AF_INET, r->pin, &probe) != 1 && inet_pton(AF_INET6, r->pin, &probe) != 1)
+            luaL_error(L, "pin must be an IP address");
+    }
+    r->resolve_only = opt_bool(L, "resolve_only");
     r->proxy_port = (int)opt_int(L, "proxy_port", 3128, 1, 65535);
     const char *data = opt_string(L, "data", &n);
     if (data == NULL || n == 0 || n > NV_HTTP_CLIENT_REQUEST_BYTES_MAX)
@@ -897,8 +944,8 @@ static int hc_request(lua_State *L) {
     if (hc.live_len >= NV_HTTP_CLIENT_REQUESTS_MAX)
         return lua_pushnil(L), lua_pushliteral(L, "too many requests in flight"), 2;
     /* The context pointer stands for verify and ca_file: one context per setting. */
-    snprintf(r->key, sizeof r->key, "%s|%s|%d|%s|%d|%p", r->tls ? "https" : "http", r->host, r->port,
-             r->proxy_host, r->proxy_port, (void *)r->ctx);
+    snprintf(r->key, sizeof r->key, "%s|%s|%d|%s|%d|%s|%p", r->tls ? "https" : "http", r->host, r->port,
+             r->proxy_host, r->proxy_port, r->pin, (void *)r->ctx);
     r->data = malloc(r->data_len);
     r->timer = event_new(nv_rt_get()->base, -1, 0, timer_cb, r);
     if (r->data == NULL || r->timer == NULL) {

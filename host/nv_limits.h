@@ -39,6 +39,7 @@
 #define NV_SHUTDOWN_GRACE_MS_MIN 0
 #define NV_SHUTDOWN_GRACE_MS_MAX 25000
 #define NV_RESPAWN_BACKOFF_MS_MAX 5000             /* a worker that keeps crashing is restarted at most this slowly */
+#define NV_DRAIN_HOLDS_MAX 65536                   /* core.drain_hold(): Lua work (queue workers) a draining worker waits for */
 
 /* Lua */
 #define NV_LUA_MEMORY_BYTES_DEFAULT (1024L * 1024 * 1024) /* per Lua state */
@@ -97,6 +98,7 @@
 #define NV_HTTP_CLIENT_READS_PER_EVENT_MAX 64             /* parse steps per read callback */
 #define NV_HTTP_CLIENT_DNS_TIMEOUT_S "2"                  /* evdns per-try timeout; the request timeout bounds it too */
 #define NV_HTTP_CLIENT_DNS_ATTEMPTS "2"                   /* evdns tries per nameserver */
+#define NV_HTTP_CLIENT_RESOLVED_MAX 32                    /* addresses one resolve_only lookup returns */
 
 /* Crypto */
 #define NV_CRYPTO_AEAD_BYTES_MAX (64 * 1024 * 1024) /* AES-GCM plaintext or AAD: the largest HTTP body */

@@ -132,7 +132,7 @@ local function exchange(method, url, headers, body, o)
     insecure = o.insecure, ca_file = o.ca_file,
     timeout_ms = o.timeout, connect_timeout_ms = o.connect_timeout,
     max_body_bytes = o.max_body_bytes, max_header_bytes = o.max_header_bytes,
-    proxy_host = proxy_host, proxy_port = proxy_port,
+    proxy_host = proxy_host, proxy_port = proxy_port, pin = o.pin,
   })
   if not status then return nil, hdrs end
   return { status = status, headers = hdrs, body = rbody, url = url }, nil, scheme, host, port, target
@@ -170,7 +170,11 @@ function _M.request(opts)
     connect_timeout = check_ms(opts.connect_timeout, "connect_timeout"),
     max_body_bytes = opts.max_body_bytes, max_header_bytes = opts.max_header_bytes,
     proxy = proxy or nil,
+    pin = opts.pin,
   }
+  if o.pin ~= nil and (type(o.pin) ~= "string" or o.proxy or redirects > 0) then
+    error("pin must be an IP address string, without a proxy or redirects", 2)
+  end
   if o.ca_file == "" then o.ca_file = nil end
   if o.max_body_bytes ~= nil and (type(o.max_body_bytes) ~= "number" or o.max_body_bytes < 0) then
     error("max_body_bytes must be a non-negative integer", 2)
@@ -197,6 +201,23 @@ function _M.request(opts)
     return nil, _M.ERR_TOO_MANY_REDIRECTS
   end
   return res, err
+end
+
+-- resolve(host [, timeout_ms]) -> { "203.0.113.7", "2001:db8::1", ... } | nil, err
+-- Every address the name has (evdns: /etc/hosts, then the name servers; an IP literal is
+-- itself), at most NV_HTTP_CLIENT_RESOLVED_MAX. With request{ pin = addr } a caller that checked
+-- the addresses (nuvion.netguard) connects to the one it checked: no second lookup to rebind.
+function _M.resolve(host, timeout_ms)
+  if type(host) ~= "string" or host == "" then error("host must be a non-empty string", 2) end
+  local name = match(host, "^%[(.*)%]$") or host
+  local status, err, list = http_c.request({
+    scheme = "http", host = lower(name), port = 80, data = "-", resolve_only = true,
+    timeout_ms = check_ms(timeout_ms, "timeout_ms") or 5000,
+  })
+  if not status then return nil, err end
+  local out = {}
+  for ip in string.gmatch(list, "[^,]+") do out[#out + 1] = ip end
+  return out
 end
 
 -- Counters of this worker's client: idle (pooled connections), in_flight, connects, reuses,
