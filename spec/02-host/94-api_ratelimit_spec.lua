@@ -106,19 +106,23 @@ describe("nuvion.api.ratelimit", function()
   end)
 
   it("allows the request when its Redis is gone, logging why", function()
-    -- a Redis of this spec's own, killed under the limiter
-    local port
-    for _ = 1, 100 do
-      port = 30000 + math.random(0, 25000)
-      if not socket_open(port) then break end
+    -- a Redis of this spec's own, killed under the limiter. Ports below the kernel's ephemeral
+    -- range (32768..), so no outgoing connection holds one; a start that fails tries another.
+    local proc, port
+    for _ = 1, 5 do
+      port = 20000 + math.random(0, 12000)
+      if not socket_open(port) then
+        proc = assert(process.spawn({ "redis-server", "--bind", "127.0.0.1", "--port", tostring(port),
+                                      "--save", "", "--appendonly", "no" }, { output = "null" }))
+        local deadline = nuvion.monotonic_ms() + 3000
+        while not socket_open(port) and nuvion.monotonic_ms() < deadline do nuvion.sleep(20) end
+        if socket_open(port) then break end
+        proc:kill("KILL")
+        proc:wait(2000)
+        proc = nil
+      end
     end
-    local proc = assert(process.spawn({ "redis-server", "--bind", "127.0.0.1", "--port", tostring(port),
-                                        "--save", "", "--appendonly", "no" }, { output = "null" }))
-    local deadline = nuvion.monotonic_ms() + 10000
-    while not socket_open(port) do
-      assert(nuvion.monotonic_ms() < deadline, "redis-server did not start")
-      nuvion.sleep(20)
-    end
+    assert(proc, "redis-server did not start")
     local own = assert(redis.connect("redis://127.0.0.1:" .. port .. "/0", { timeout_ms = 1000,
                                                                              connect_timeout_ms = 1000 }))
     local lim = ratelimit.new(own, { rate = 0.001, burst = 1, name = "spec_down" })
@@ -129,5 +133,4 @@ describe("nuvion.api.ratelimit", function()
     assert.is_true((lim:take("k")))
     own:close()
   end)
-
 end)
