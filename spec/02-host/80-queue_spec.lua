@@ -358,6 +358,23 @@ describe("nuvion.queue", function()
       end
     end)
 
+    it("retry with a jittered backoff within [delay * (1 - jitter), delay)", function()
+      local q, name = new_queue()
+      local times = {}
+      local id = assert(q:add("flaky", {}, { attempts = 2, backoff = { type = "fixed", delay = 400, jitter = 0.5 } }))
+      worker(name, function(job)
+        times[#times + 1] = nuvion.monotonic_ms()
+        if job.attemptsMade < 1 then error("again", 0) end
+      end)
+      -- while it waits in delayed, the job's delay field is the backoff it got
+      wait_until(function() return q:get_state(id) == "delayed" end, 3000)
+      local delay = tonumber(hgetall("bull:" .. name .. ":" .. id).delay)
+      assert.truthy(delay >= 200 and delay < 400, "delay " .. delay)
+      wait_until(function() return q:get_state(id) == "completed" end, 3000)
+      local gap = times[2] - times[1]
+      assert.truthy(gap >= delay - 5 and gap < delay + 150, "gap " .. gap .. " for a delay of " .. delay)
+    end)
+
     it("retry without backoff straight to wait", function()
       local q, name = new_queue()
       local n = 0

@@ -202,10 +202,11 @@ local function build_opts(opts)
   local b = opts.backoff
   if b ~= nil then
     if type(b) == "number" then b = { type = "fixed", delay = b } end
-    if type(b) ~= "table" or (b.type ~= "fixed" and b.type ~= "exponential") or not is_int(b.delay, 0, 2 ^ 40) then
-      error("queue:add: backoff must be { type = 'fixed' | 'exponential', delay = ms } or a number", 3)
+    if type(b) ~= "table" or (b.type ~= "fixed" and b.type ~= "exponential") or not is_int(b.delay, 0, 2 ^ 40)
+       or (b.jitter ~= nil and (type(b.jitter) ~= "number" or b.jitter < 0 or b.jitter > 1)) then
+      error("queue:add: backoff must be { type = 'fixed' | 'exponential', delay = ms, jitter = 0..1? } or a number", 3)
     end
-    o.backoff = { type = b.type, delay = b.delay }
+    o.backoff = { type = b.type, delay = b.delay, jitter = b.jitter }
   end
   check_keep(opts.removeOnComplete, "removeOnComplete")
   check_keep(opts.removeOnFail, "removeOnFail")
@@ -521,12 +522,21 @@ function Worker:fetch()
   return nil
 end
 
--- Backoff of retry number n (attempts made, from 1), as BullMQ's built-in strategies.
+-- Backoff of retry number n (attempts made, from 1), as BullMQ's built-in strategies: with a
+-- jitter j in (0, 1], a random delay in [d * (1 - j), d).
 local function backoff_ms(b, n)
   if type(b) ~= "table" or type(b.delay) ~= "number" then return 0 end
-  if b.type == "exponential" then return floor(2 ^ (n - 1) * b.delay + 0.5) end
-  if b.type == "fixed" then return b.delay end
-  return 0
+  local d
+  if b.type == "exponential" then
+    d = floor(2 ^ (n - 1) * b.delay + 0.5)
+  elseif b.type == "fixed" then
+    d = b.delay
+  else
+    return 0
+  end
+  local j = tonumber(b.jitter) or 0
+  if j > 0 then d = floor(math.random() * d * j + d * (1 - j)) end
+  return d
 end
 
 local function keep_of(v)
