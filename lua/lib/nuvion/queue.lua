@@ -535,7 +535,10 @@ local function backoff_ms(b, n)
     return 0
   end
   local j = tonumber(b.jitter) or 0
-  if j > 0 then d = floor(math.random() * d * j + d * (1 - j)) end
+  if j > 0 then -- the host's random source (LuaJIT's math.random starts the same in every process)
+    local u = tonumber(nuvion.random_hex(4), 16) / 2 ^ 32
+    d = floor(u * d * j + d * (1 - j))
+  end
   return d
 end
 
