@@ -646,6 +646,19 @@ describe("nuvion.queue", function()
       end
     end)
 
+    it("close while a take is in flight: the job taken goes straight back to wait", function()
+      local q, name = new_queue()
+      local id = assert(q:add("x", {}))
+      local ran = false
+      local w = queue.worker(name, function() ran = true end, { redis = URL })
+      nuvion.sleep(0) -- the worker's first take is now on its way to Redis
+      assert.equals(0, w:close(1000))
+      assert.equals("waiting", q:get_state(id))
+      assert.equals(0, r:call("EXISTS", "bull:" .. name .. ":" .. id .. ":lock"))
+      assert.equals(1, w:stats().released)
+      assert.is_false(ran)
+    end)
+
     it("bound the events stream by meta opts.maxLenEvents (hit)", function()
       local q, name = new_queue({ max_len_events = 10 })
       for i = 1, 600 do assert(q:add("x", { i = i })) end

@@ -494,7 +494,14 @@ end
 -- the next delayed job is due) and returns nil.
 function Worker:fetch()
   local token = self:new_token()
+  self.taking = true -- close() waits for this take: a job it takes is given straight back
   local res, err = self.q:run("take", now_ms(), token, self.lock_ms, self.worker_name)
+  if res ~= nil and self.closing then
+    local got = self:reply_job(res, token)
+    if got then self:release(got) end
+    res = { 0, 0 }
+  end
+  self.taking = false
   if res == nil then
     log.warn("queue: take failed", { queue = self.name, error = err.message })
     sleep(FETCH_ERROR_BACKOFF_MS)
@@ -636,19 +643,15 @@ function Worker:task(job)
       self.fetching = true
       local got = self:fetch()
       if got then
-        if self.closing then -- closed while taking: give it straight back
-          self:release(got)
+        -- this task runs the job at once; a new task takes over fetching (the role stays
+        -- taken meanwhile) while a slot is free
+        self.n_active = self.n_active + 1
+        if self.n_active < self.concurrency then
+          spawn(self.task, self, nil)
         else
-          -- this task runs the job at once; a new task takes over fetching (the role stays
-          -- taken meanwhile) while a slot is free
-          self.n_active = self.n_active + 1
-          if self.n_active < self.concurrency then
-            spawn(self.task, self, nil)
-          else
-            self.fetching = false
-          end
-          job = got
+          self.fetching = false
         end
+        job = got
       end
     end
   end
@@ -741,7 +744,7 @@ function Worker:close(grace_ms)
   self.state = "closing"
   self.closing = true
   local deadline = monotonic_ms() + (grace_ms or self.grace_ms)
-  while self.n_active > 0 and monotonic_ms() < deadline do sleep(CLOSE_POLL_MS) end
+  while (self.n_active > 0 or self.taking) and monotonic_ms() < deadline do sleep(CLOSE_POLL_MS) end
   local released = 0
   for _, job in pairs(self.jobs) do
     if not job.released and self:release(job) then released = released + 1 end
