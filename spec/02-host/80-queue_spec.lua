@@ -659,6 +659,24 @@ describe("nuvion.queue", function()
       assert.is_false(ran)
     end)
 
+    it("close during a finish that takes the next job: that job goes straight back", function()
+      local q, name = new_queue()
+      local a = assert(q:add("a", {}))
+      local b = assert(q:add("b", {}))
+      local ran_b, closed = false, nil
+      local w
+      w = queue.worker(name, function(job)
+        if job.name == "b" then ran_b = true return end
+        -- close() starts while this job's finish (which takes b) is on its way
+        nuvion.spawn(function() closed = w:close(1000) end)
+      end, { redis = URL })
+      wait_until(function() return closed ~= nil end)
+      assert.equals("completed", q:get_state(a))
+      assert.equals("waiting", q:get_state(b))
+      assert.is_false(ran_b)
+      assert.equals(1, w:stats().released)
+    end)
+
     it("bound the events stream by meta opts.maxLenEvents (hit)", function()
       local q, name = new_queue({ max_len_events = 10 })
       for i = 1, 600 do assert(q:add("x", { i = i })) end

@@ -631,6 +631,10 @@ function Worker:task(job)
   while true do
     if job then
       job = self:run_job(job)
+      if job and self.closing then -- taken by a finish that raced close(): give it back
+        self:release(job)
+        job = nil
+      end
       if not job then
         self.n_active = self.n_active - 1
         if self.fetching or self.closing then return end
