@@ -44,14 +44,16 @@ static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
 
 /* $1 the batch's accounts, $2 the holds its posts and voids name: their accounts too. */
+/* The locks return each row's ctid: the write updates the rows it locked by ctid (a TID scan),
+ * not by a second index lookup of every id. A row locked in this transaction keeps its ctid. */
 static const char SQL_LOCK_FOR_TRANSFERS[] =
-    "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id IN ("
+    "SELECT " ACCOUNT_COLS ", ctid FROM ledger_accounts WHERE id IN ("
     "SELECT unnest($1::numeric[]) "
     "UNION SELECT debit_account_id FROM ledger_holds WHERE id = ANY($2::numeric[]) "
     "UNION SELECT credit_account_id FROM ledger_holds WHERE id = ANY($2::numeric[])) "
     "ORDER BY id FOR NO KEY UPDATE";
 static const char SQL_LOCK_ACCOUNTS[] =
-    "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id = ANY($1::numeric[]) ORDER BY id FOR NO KEY UPDATE";
+    "SELECT " ACCOUNT_COLS ", ctid FROM ledger_accounts WHERE id = ANY($1::numeric[]) ORDER BY id FOR NO KEY UPDATE";
 static const char SQL_TRANSFERS[] =
     "SELECT " TRANSFER_COLS " FROM ledger_transfers t LEFT JOIN ledger_holds h ON h.id = t.id "
     "WHERE t.id = ANY($1::numeric[])";
@@ -63,7 +65,7 @@ static const char SQL_DUE_ON_ACCOUNTS[] =
     "AND h.credit_account_id = ANY($1::numeric[]) ORDER BY h.expires_at LIMIT $3::int";
 /* The sweep: the accounts of the first due holds, then those holds. */
 static const char SQL_LOCK_DUE[] =
-    "SELECT " ACCOUNT_COLS " FROM ledger_accounts WHERE id IN ("
+    "SELECT " ACCOUNT_COLS ", ctid FROM ledger_accounts WHERE id IN ("
     "SELECT unnest(ARRAY[debit_account_id, credit_account_id]) FROM ("
     "SELECT debit_account_id, credit_account_id FROM ledger_holds WHERE status = 1 AND expires_at <= $1::bigint "
     "ORDER BY expires_at LIMIT $2::int) d) ORDER BY id FOR NO KEY UPDATE";
@@ -83,10 +85,14 @@ static const char SQL_INSERT_HOLDS[] =
 static const char SQL_UPDATE_HOLDS[] =
     "UPDATE ledger_holds h SET status = u.status FROM unnest($1::numeric[], $2::smallint[]) AS u(id, status) "
     "WHERE h.id = u.id";
+/* By ctid and id; the count must be every changed account, or the division fails the
+ * transaction: counters are never left behind their transfers. */
 static const char SQL_UPDATE_ACCOUNTS[] =
-    "UPDATE ledger_accounts a SET debits_pending = u.dp, debits_posted = u.dpo, credits_pending = u.cp, "
-    "credits_posted = u.cpo, flags = u.flags FROM unnest($1::numeric[], $2::numeric[], $3::numeric[], "
-    "$4::numeric[], $5::numeric[], $6::int[]) AS u(id, dp, dpo, cp, cpo, flags) WHERE a.id = u.id";
+    "WITH u AS (UPDATE ledger_accounts a SET debits_pending = u.dp, debits_posted = u.dpo, "
+    "credits_pending = u.cp, credits_posted = u.cpo, flags = u.flags FROM unnest($1::tid[], "
+    "$2::numeric[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[], $7::int[]) "
+    "AS u(t, id, dp, dpo, cp, cpo, flags) WHERE a.ctid = u.t AND a.id = u.id RETURNING 1) "
+    "SELECT 1 / (count(*) = $8::int)::int FROM u";
 static const char SQL_INSERT_ACCOUNTS[] =
     "INSERT INTO ledger_accounts (" ACCOUNT_COLS ") SELECT * FROM unnest($1::numeric[], $2::numeric[], "
     "$3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::bigint[], $9::bigint[], "
@@ -99,6 +105,7 @@ static const char SQL_INSERT_BALANCES[] =
     "debits_posted, credits_pending, credits_posted) SELECT * FROM unnest($1::numeric[], $2::bigint[], "
     "$3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[])";
 
+#define LP_CTID_BYTES 32 /* "(4294967295,65535)" and its NUL, with room */
 #define LP_STMTS_MAX 10  /* statements of one pipeline: the write has at most 9 */
 #define LP_PARAMS_MAX 48 /* parameters of one pipeline: the write's sum */
 
@@ -129,6 +136,7 @@ typedef struct lp_slot {
     int nparams;
     nv_u128 *ids;            /* scratch: 4 * batch_max ids */
     nv_ledger_account *locked; /* the accounts loaded, by id: flags for history rows */
+    char (*ctids)[LP_CTID_BYTES]; /* their ctids, as Postgres wrote them ("(12,3)") */
     uint32_t nlocked;
     uint64_t now;
 } lp_slot;
@@ -238,6 +246,17 @@ static void arr_str(lp_slot *s, const char *v) {
     if (text_reserve(s, n + 1) != NV_OK) return;
     memcpy(s->text.data + s->text.len, v, n);
     s->text.len += n;
+    s->text.data[s->text.len++] = ',';
+}
+
+/* A quoted element ("(12,3)": a ctid holds a comma). */
+static void arr_quoted(lp_slot *s, const char *v) {
+    size_t n = strlen(v);
+    if (text_reserve(s, n + 3) != NV_OK) return;
+    s->text.data[s->text.len++] = '"';
+    memcpy(s->text.data + s->text.len, v, n);
+    s->text.len += n;
+    s->text.data[s->text.len++] = '"';
     s->text.data[s->text.len++] = ',';
 }
 
@@ -567,6 +586,14 @@ static void build_account_writes(lp_slot *s, lp_pipe *p) {
     uint32_t created = 0, changed = 0;
     for (uint32_t i = 0; i < n; i++) created += ch[i].created, changed += !ch[i].created;
     if (changed > 0) {
+        arr_begin(s);
+        for (uint32_t i = 0; i < n; i++) {
+            if (ch[i].created) continue;
+            const nv_ledger_account *a = locked_find(s, ch[i].after.id);
+            nv_assert(a != NULL); /* a changed account was loaded, so locked */
+            arr_quoted(s, s->ctids[a - s->locked]);
+        }
+        arr_end(s);
         for (int col = 0; col < 6; col++) {
             arr_begin(s);
             for (uint32_t i = 0; i < n; i++) {
@@ -582,7 +609,8 @@ static void build_account_writes(lp_slot *s, lp_pipe *p) {
             }
             arr_end(s);
         }
-        pipe_add(p, SQL_UPDATE_ACCOUNTS, 6);
+        param_u64(s, changed);
+        pipe_add(p, SQL_UPDATE_ACCOUNTS, 8);
     }
     if (created > 0) {
         for (int col = 0; col < ACCOUNT_NCOLS; col++) {
@@ -641,11 +669,13 @@ static int load_rows(lp_slot *s, nv_pg_conn *c, nv_pg_req *r, int lock_stmt, int
     s->nlocked = 0;
     uint64_t ts_max = 0;
     for (uint32_t i = 0; i < o->nrows; i++) {
-        nv_assert(o->nfields == ACCOUNT_NCOLS);
+        nv_assert(o->nfields == ACCOUNT_NCOLS + 1);
         cur = nv_pg_row(c, o, cur, v, l);
         nv_ledger_account a;
         if (s->nlocked >= 4 * s->eng->cfg.batch_max) return NV_ERR;
         if (row_account(v, l, &a) != NV_OK || nv_ledger_state_add_account(s->st, &a) != NV_OK) return NV_ERR;
+        if (v[ACCOUNT_NCOLS] == NULL || l[ACCOUNT_NCOLS] >= LP_CTID_BYTES) return NV_ERR;
+        memcpy(s->ctids[s->nlocked], v[ACCOUNT_NCOLS], (size_t)l[ACCOUNT_NCOLS] + 1);
         s->locked[s->nlocked++] = a; /* in id order: ORDER BY id */
         if (a.timestamp > ts_max) ts_max = a.timestamp;
     }
@@ -946,7 +976,7 @@ nv_ledger_call *nv_ledger_call_new(int accounts, uint32_t n) {
 
 static void slot_free_mem(lp_slot *s) {
     nv_ledger_state_free(s->st);
-    free(s->tr), free(s->acc), free(s->results), free(s->ids), free(s->locked);
+    free(s->tr), free(s->acc), free(s->results), free(s->ids), free(s->locked), free(s->ctids);
     nv_buf_free(&s->text);
 }
 
@@ -969,7 +999,8 @@ nv_ledger_engine *nv_ledger_engine_new(nv_pg_pool *p, const nv_ledger_cfg *cfg) 
         s->results = malloc(b * sizeof *s->results);
         s->ids = malloc(4 * (size_t)b * sizeof *s->ids);
         s->locked = malloc(4 * (size_t)b * sizeof *s->locked);
-        ok = ok && s->st && s->tr && s->acc && s->results && s->ids && s->locked;
+        s->ctids = malloc(4 * (size_t)b * sizeof *s->ctids);
+        ok = ok && s->st && s->tr && s->acc && s->results && s->ids && s->locked && s->ctids;
     }
     struct event_base *base = nv_rt_get()->base;
     e->gather_ev = event_new(base, -1, 0, gather_cb, e);
