@@ -885,16 +885,25 @@ static lp_slot *slot_free(nv_ledger_engine *e) {
     return NULL;
 }
 
-/* Fills free slots from the queues: calls in order, whole, up to batch_max events a batch. */
+static int slots_free(const nv_ledger_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->cfg.inflight; i++) n += e->slots[i].step == LP_IDLE;
+    return n;
+}
+
+/* Fills free slots from the queues: calls in order, whole, up to batch_max events a batch. What
+ * waits is shared out among the free slots, so that while one batch commits the next is already
+ * at the database, and the calls woken by the first can form a third. */
 static void dispatch(nv_ledger_engine *e) {
     lp_slot *s;
     while ((e->q_head[LP_TRANSFERS] != NULL || e->q_head[LP_ACCOUNTS] != NULL) && (s = slot_free(e)) != NULL) {
         lp_kind kind = e->q_head[LP_TRANSFERS] != NULL ? LP_TRANSFERS : LP_ACCOUNTS;
+        uint32_t share = (e->q_events + (uint32_t)slots_free(e) - 1) / (uint32_t)slots_free(e);
         s->kind = kind;
         s->attempts = 0;
         s->n = 0;
         nv_ledger_call *c;
-        while ((c = e->q_head[kind]) != NULL && s->n + c->n_run <= e->cfg.batch_max) {
+        while ((c = e->q_head[kind]) != NULL && s->n < share && s->n + c->n_run <= e->cfg.batch_max) {
             e->q_head[kind] = c->next;
             if (e->q_head[kind] == NULL) e->q_tail[kind] = NULL;
             c->next = NULL;
