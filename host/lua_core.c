@@ -309,6 +309,32 @@ static int core_context(lua_State *L) {
     return 1;
 }
 
+/* stopping() -> true once the process got SIGTERM (serve, work) or when the
+ * running task's generation is retiring (a reload replaced it): long-running
+ * Lua work (queue workers) stops taking new work then. */
+static int core_stopping(lua_State *L) {
+    nv_rt *rt = nv_rt_get();
+    nv_task *t = nv_task_of(L);
+    int retiring = t != NULL && t->gen->state == NV_GEN_RETIRING;
+    lua_pushboolean(L, rt->stopping || retiring);
+    return 1;
+}
+
+/* drain_hold(1 | -1): a draining serve worker exits only once every hold is
+ * released (or its grace deadline passed), so queue jobs in flight finish. */
+static int core_drain_hold(lua_State *L) {
+    nv_rt *rt = nv_rt_get();
+    lua_Integer delta = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, delta == 1 || delta == -1, 1, "must be 1 or -1");
+    if (delta < 0 && rt->drain_holds == 0) return luaL_error(L, "drain_hold(-1) without a hold");
+    if (delta > 0 && rt->drain_holds >= NV_DRAIN_HOLDS_MAX)
+        return luaL_error(L, "drain_hold: more than %d holds", NV_DRAIN_HOLDS_MAX);
+    rt->drain_holds += (int)delta;
+    nv_assert(rt->drain_holds >= 0 && rt->drain_holds <= NV_DRAIN_HOLDS_MAX);
+    lua_pushinteger(L, rt->drain_holds);
+    return 1;
+}
+
 static int core_random_hex(lua_State *L) {
     lua_Integer n = luaL_optinteger(L, 1, 8);
     luaL_argcheck(L, n > 0 && n <= 64, 1, "bytes must be in [1, 64]");
@@ -330,6 +356,8 @@ int luaopen_nuvion_core(lua_State *L) {
         {"context", core_context},
         {"random_hex", core_random_hex},
         {"wait_fd", core_wait_fd},
+        {"stopping", core_stopping},
+        {"drain_hold", core_drain_hold},
         {"req_headers", nv_http_lua_headers},
         {"req_body", nv_http_lua_body},
         {"req_ids", nv_http_lua_ids},

@@ -39,6 +39,7 @@
 #define NV_SHUTDOWN_GRACE_MS_MIN 0
 #define NV_SHUTDOWN_GRACE_MS_MAX 25000
 #define NV_RESPAWN_BACKOFF_MS_MAX 5000             /* a worker that keeps crashing is restarted at most this slowly */
+#define NV_DRAIN_HOLDS_MAX 65536                   /* core.drain_hold(): Lua work (queue workers) a draining worker waits for */
 
 /* Lua */
 #define NV_LUA_MEMORY_BYTES_DEFAULT (1024L * 1024 * 1024) /* per Lua state */

@@ -91,6 +91,7 @@ typedef struct nv_rt {
     struct event *gc_ev;       /* closes retired generations outside any Lua call */
     int exit_code;             /* run/spec mode: the script's status */
     int stopping;              /* SIGTERM received: drain */
+    int drain_holds;           /* Lua work (queue workers) a draining serve worker waits for */
     const char *spec_args_json;/* unused placeholder for future modes */
     int argc;                  /* run/spec: the script's arguments */
     char **argv;

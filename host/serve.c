@@ -81,10 +81,13 @@ static void worker_drain_tick(evutil_socket_t fd, short what, void *arg) {
                       nv_gen_memory_bytes());
     if (!rt->stopping) return;
     if (*deadline_ms == 0) *deadline_ms = now_ms() + (uint64_t)rt->config.shutdown_grace_ms;
-    if (nv_http_server_connections(rt->http) == 0) {
+    if (nv_http_server_connections(rt->http) == 0 && rt->drain_holds == 0) {
         nv_logf(NV_LOG_INFO, "drained, exiting");
         event_base_loopexit(rt->base, NULL);
     } else if (now_ms() >= *deadline_ms) {
+        if (rt->drain_holds > 0)
+            nv_logf(NV_LOG_WARN, "drain deadline passed with %d queue workers still closing",
+                    rt->drain_holds);
         nv_logf(NV_LOG_WARN, "drain deadline passed with %d connections open, exiting",
                 nv_http_server_connections(rt->http));
         event_base_loopexit(rt->base, NULL);

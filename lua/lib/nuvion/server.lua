@@ -56,6 +56,9 @@ function _M.boot(service_dir, name)
   if type(app) ~= "table" or type(app.dispatch) ~= "function" then
     error("service " .. name .. ": init.lua must return a router (nuvion.router.new())", 0)
   end
+  if os.getenv("NUVION_WORKERS_IN_WEB") == "1" then -- the service's queue workers, in this process
+    require("nuvion.queue").start_in_web(service_dir)
+  end
   local dispatch = app.dispatch
   -- The entry the host calls per request, in the request's task.
   return function(method, path, query, handle, seq)
