@@ -2,12 +2,15 @@
 -- its Express adapter, installed by `make node`) on the test Redis (NUVION_TEST_REDIS_URL):
 -- Node adds, we work; we add, Node works (retries and backoff timed on both sides); Node's
 -- QueueEvents reads our events; Bull Board's HTTP API lists our queues and jobs in every state;
--- and a job written by us has the same Redis shape as one written by BullMQ.
+-- a worker killed on one side is recovered by the other's stalled check; deduplication ids and
+-- pause hold across both; and a job written by us has the same Redis shape as BullMQ's.
 -- The Node scripts (spec/bullmq_peer.lua, node/*.js) print JSON lines and exit by themselves.
 local queue = require "nuvion.queue"
 local redis = require "nuvion.redis"
 local json = require "nuvion.json"
 local nuvion = require "nuvion"
+local process = require "nuvion.process"
+local helpers = require "spec.helpers"
 local peer = require "spec.bullmq_peer"
 
 local URL = os.getenv("NUVION_TEST_REDIS_URL")
@@ -321,6 +324,123 @@ describe("BullMQ interop", function()
     local board2 = peer.filter(events, { ev = "queue", name = other })[1]
     assert.equals(1, board2.counts.waiting)
     assert.equals(other_id, board2.jobs.waiting[1].id)
+  end)
+
+  it("recovers in our worker a job whose Node worker was killed (stalled check)", function()
+    local name = qname("node-killed")
+    local q = queue.new(name, { redis = URL })
+    local nw = peer.start("worker", { queue = name, expect = 1, hold_ms = 60000, timeout_ms = 30000,
+                                      worker_opts = { lockDuration = 1000, stalledInterval = 1000 } })
+    assert(nw:next(function(e) return e.ev == "ready" end, 10000), "the Node worker did not start")
+    local id = assert(q:add("stuck", { n = 1 }, { attempts = 2 }))
+    assert(nw:next(function(e) return e.ev == "process" and e.id == id end, 10000), "Node did not take the job")
+    nw:stop() -- SIGKILL: the job stays in active, its lock expires within 1 s
+    assert.equals("active", q:get_state(id))
+    local t0 = nuvion.monotonic_ms()
+
+    local ran
+    local w = queue.worker(name, function(job)
+      ran = job
+      return { recovered = true }
+    end, { redis = URL, lock_duration = 1000, stalled_interval = 1000 })
+    wait_for(function() return q:get_state(id) == "completed" end, 10000, "our worker to recover the job")
+    local took = nuvion.monotonic_ms() - t0
+    w:close(5000)
+    assert(took < 6000, "recovered after " .. took .. " ms")
+    assert.equals(1, ran.stalledCounter)
+    assert.equals(0, ran.attemptsMade) -- a stall is not a failed attempt
+    assert.equals(2, ran.attemptsStarted)
+    local stalled = false
+    for _, e in ipairs(assert(q:events(100))) do
+      if e.event == "stalled" and e.jobId == id then stalled = true end
+    end
+    assert.is_true(stalled, "no stalled event")
+  end)
+
+  it("recovers in a Node worker a job whose nuvion worker was killed (stalled check)", function()
+    local name = qname("ours-killed")
+    local q = queue.new(name, { redis = URL })
+    local proc = assert(process.spawn({ helpers.bin, "run", helpers.root .. "/spec/fixtures/queue/hold_worker.lua" },
+                                      { env = { INTEROP_QUEUE = name, NUVION_TEST_REDIS_URL = URL },
+                                        output = "pipe" }))
+    local ok, err = pcall(function()
+      assert.equals("ready", proc:line(10000))
+      local id = assert(q:add("stuck", { n = 2 }, { attempts = 2 }))
+      assert.equals("holding " .. id, proc:line(10000))
+      return id
+    end)
+    proc:kill("KILL")
+    proc:wait(5000)
+    proc:close()
+    assert(ok, err)
+    local id = err
+    assert.equals("active", q:get_state(id))
+
+    local nw = peer.start("worker", { queue = name, expect = 1, timeout_ms = 20000,
+                                      worker_opts = { lockDuration = 1000, stalledInterval = 1000 } })
+    local events, how, code = nw:finish(15000)
+    assert.same({ "exit", 0 }, { how, code }, "the Node worker did not recover it: " .. json.encode(events))
+    assert.equals(1, #peer.filter(events, { ev = "stalled", id = id }))
+    local run = peer.filter(events, { ev = "process", id = id })[1]
+    assert.equals(1, run.stalledCounter)
+    assert.equals(0, run.attemptsMade)
+    assert.equals("completed", q:get_state(id))
+    assert.same({ ok = true, by = "node" }, assert(q:get_job(id)).returnvalue)
+  end)
+
+  it("deduplicates across both sides by the same deduplication id", function()
+    local name = qname("dedup")
+    local q = queue.new(name, { redis = URL })
+    local theirs = peer.filter(peer.run("producer", { queue = name, jobs = {
+      { name = "first", data = { n = 1 }, opts = { deduplication = { id = "order-1" } } } } }), { ev = "added" })[1].id
+    -- ours with Node's deduplication id: nothing added, Node's job id back
+    assert.equals(theirs, assert(q:add("second", { n = 2 }, { deduplication = { id = "order-1" } })))
+    local ours = assert(q:add("third", { n = 3 }, { deduplication = { id = "order-2" } }))
+    assert.are_not.equal(theirs, ours)
+    -- Node's add with our deduplication id: nothing added, our job id back
+    local again = peer.filter(peer.run("producer", { queue = name, jobs = {
+      { name = "fourth", data = { n = 4 }, opts = { deduplication = { id = "order-2" } } } } }), { ev = "added" })[1]
+    assert.equals(ours, again.id)
+    assert.equals(2, assert(q:counts()).waiting)
+    local counts = peer.filter(peer.run("admin", { queue = name, ops = { { op = "counts" } } }), { ev = "op" })[1]
+    assert.equals(2, counts.result.waiting)
+    local dedup = 0
+    for _, e in ipairs(assert(q:events(100))) do
+      if e.event == "deduplicated" then dedup = dedup + 1 end
+    end
+    assert.equals(2, dedup, "one deduplicated event per refused add, ours and Node's")
+  end)
+
+  it("pauses and resumes across both sides", function()
+    local name = qname("pause")
+    local q = queue.new(name, { redis = URL })
+    local ran = {}
+    local w = queue.worker(name, function(job) ran[#ran + 1] = job.id end, { redis = URL })
+    local ops = peer.filter(peer.run("admin", { queue = name, ops = { { op = "pause" }, { op = "paused" } } }),
+                            { ev = "op" })
+    assert.is_true(ops[2].result)
+    local id = assert(q:add("held", { n = 1 }))
+    nuvion.sleep(300)
+    assert.same({}, ran, "our worker took a job of a queue Node paused")
+    assert.equals("paused", q:get_state(id))
+    assert.equals(0, r:call("LPOS", "bull:" .. name .. ":paused", id))
+    ops = peer.filter(peer.run("admin", { queue = name, ops = { { op = "counts" }, { op = "state", id = id } } }),
+                      { ev = "op" })
+    assert.equals(1, ops[1].result.paused)
+    assert.equals(0, ops[1].result.waiting)
+    assert.equals("waiting", ops[2].result) -- BullMQ's getState calls a job in `paused` "waiting"
+    -- resumed by Node: our worker, blocked on the marker, takes it
+    peer.run("admin", { queue = name, ops = { { op = "resume" } } })
+    wait_for(function() return #ran == 1 end, 5000, "the job after Node's resume")
+    assert.same({ id }, ran)
+    -- paused by us: Node sees it
+    assert(q:pause())
+    ops = peer.filter(peer.run("admin", { queue = name, ops = { { op = "paused" } } }), { ev = "op" })
+    assert.is_true(ops[1].result)
+    assert(q:resume())
+    ops = peer.filter(peer.run("admin", { queue = name, ops = { { op = "paused" } } }), { ev = "op" })
+    assert.is_false(ops[1].result)
+    w:close(5000)
   end)
 
   it("writes a job with the same Redis shape as BullMQ's own Queue.add", function()
