@@ -42,6 +42,7 @@ local ERR_JOB_ID = "jobId must be a non-empty string, not all digits, without ':
 local CLOSE_POLL_MS = 10
 local HOUSEKEEPING_TICK_MS = 100  -- how soon a worker notices SIGTERM or a retiring generation
 local FETCH_ERROR_BACKOFF_MS = 1000
+local BUSY_POLL_MS = 50           -- idle poll when every blocking connection of the client is taken
 
 -- Every script gets the queue's keys in this order (scripts/lib.lua names them).
 local KEY_TYPES = { "wait", "active", "paused", "prioritized", "delayed", "completed", "failed",
@@ -279,7 +280,7 @@ local function job_from_flat(q, id, flat)
     timestamp = tonumber(h.timestamp), delay = tonumber(h.delay) or 0, priority = tonumber(h.priority) or 0,
     processedOn = tonumber(h.processedOn), finishedOn = tonumber(h.finishedOn),
     attemptsMade = tonumber(h.atm or h.attemptsMade) or 0, attemptsStarted = tonumber(h.ats) or 0,
-    stalledCounter = tonumber(h.stc) or 0, progress = decode_or(h.progress, 0),
+    stalledCounter = tonumber(h.stc) or 0, progress_value = decode_or(h.progress, 0),
     returnvalue = decode_or(h.returnvalue, nil), failedReason = h.failedReason,
     stacktrace = type(st) == "table" and st or {}, deferredFailure = h.defa, processedBy = h.pb,
     deduplicationId = h.deid, traceparent = tp,
@@ -383,7 +384,7 @@ function Job:progress(value)
   local res, err = self.queue:run("progress", self.id, s)
   if res == nil then return nil, err end
   if res == -1 then return fail("not_found", "job " .. self.id .. " is gone") end
-  self.progress = value
+  self.progress_value = value
   return true
 end
 
@@ -509,8 +510,13 @@ function Worker:fetch()
   end
   local popped, berr = self.q.r:blocking("BZPOPMIN", self.q.base .. "marker", format("%.3f", timeout))
   if popped == nil and berr then
-    log.warn("queue: waiting for jobs failed", { queue = self.name, error = berr })
-    sleep(FETCH_ERROR_BACKOFF_MS)
+    if berr == redis.ERR_TOO_MANY_BLOCKING then
+      -- more idle workers than blocking connections on this client: poll instead
+      sleep(min(BUSY_POLL_MS, timeout * 1000))
+    else
+      log.warn("queue: waiting for jobs failed", { queue = self.name, error = berr })
+      sleep(FETCH_ERROR_BACKOFF_MS)
+    end
   end
   return nil
 end
