@@ -3,7 +3,7 @@
 //                                         {"op": "job", "id": "1"}, {"op": "resume"}]}'
 // Prints {"ev":"op","op":...,"result":...} per op: pause / resume: null; counts: getJobCounts();
 // state: getJobState(id); job: the job as Queue.getJob(id).toJSON() gives it (null when none);
-// paused: isPaused(); then {"ev":"done"}.
+// paused: isPaused(); retry: Job.retry(state, default "failed") of job `id`; then {"ev":"done"}.
 'use strict';
 
 const { Queue } = require('bullmq');
@@ -25,6 +25,12 @@ async function main() {
       case 'job': {
         const job = await queue.getJob(o.id);
         result = job ? job.toJSON() : null;
+        break;
+      }
+      case 'retry': {
+        const job = await queue.getJob(o.id);
+        if (!job) fail('no job ' + o.id);
+        await job.retry(o.state || 'failed');
         break;
       }
       default: fail('unknown op ' + o.op);

@@ -443,6 +443,42 @@ describe("BullMQ interop", function()
     w:close(5000)
   end)
 
+  it("retries from failed across both sides: Node's Job.retry on ours, our retry_failed on Node's", function()
+    local name = qname("retry")
+    local q = queue.new(name, { redis = URL })
+    -- failed by us, retried by Node, run again by us
+    local runs = {}
+    local w = queue.worker(name, function(job)
+      runs[#runs + 1] = { id = job.id, attemptsMade = job.attemptsMade, attemptsStarted = job.attemptsStarted }
+      if #runs == 1 then error("first run fails", 0) end
+      return { second = true }
+    end, { redis = URL })
+    local id = assert(q:add("flaky", { n = 1 }, { attempts = 1 }))
+    wait_for(function() return q:get_state(id) == "failed" end, 5000, "our failure")
+    peer.run("admin", { queue = name, ops = { { op = "retry", id = id } } })
+    wait_for(function() return q:get_state(id) == "completed" end, 5000, "our run after Node's retry")
+    w:close(5000)
+    assert.equals(2, #runs)
+    -- Job.retry keeps the attempts (BullMQ resets them only when asked: resetAttemptsMade)
+    assert.same({ id = id, attemptsMade = 1, attemptsStarted = 2 }, runs[2])
+    assert.same({ second = true }, assert(q:get_job(id)).returnvalue)
+
+    -- failed by Node, retried by us, run again by Node
+    local id2 = assert(q:add("flaky-node", { n = 2 }, { attempts = 1 }))
+    local nw = peer.start("worker", { queue = name, expect = 2, fail_attempts = 1, timeout_ms = 20000 })
+    assert(nw:next(function(e) return e.ev == "failed" and e.id == id2 end, 10000), "Node did not fail it")
+    wait_for(function() return q:get_state(id2) == "failed" end, 5000, "Node's failure")
+    assert(q:retry_failed(id2))
+    local events, how, code = nw:finish(15000)
+    assert.same({ "exit", 0 }, { how, code }, json.encode(events))
+    local second = peer.filter(events, { ev = "process", id = id2 })[2]
+    assert.equals(0, second.attemptsMade) -- our retry_failed resets the attempts
+    assert.equals(1, second.attemptsStarted)
+    -- fail_attempts 1 fails every first attempt: with its attempts reset, the rerun fails again
+    assert.equals("failed", q:get_state(id2))
+    assert.equals(1, assert(q:get_job(id2)).attemptsMade)
+  end)
+
   it("writes a job with the same Redis shape as BullMQ's own Queue.add", function()
     local ours, theirs = qname("shape-ours"), qname("shape-node")
     local opts = { attempts = 3, backoff = { type = "exponential", delay = 1000 }, removeOnComplete = 10,
