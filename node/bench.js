@@ -7,7 +7,8 @@
 // first add to the worker's `completed` event of the last job. Latency: the worker idle (blocked
 // on the marker), one job is added at a time: the time from just before Queue.add to the start
 // of its handler, the next job added 1 ms after the previous one completed.
-// Prints {"ev":"result","jobs","seconds","jobs_per_s","lat_n","lat_p50_ms","lat_p99_ms",
+// Prints {"ev":"result","jobs","seconds","jobs_per_s","cpu_s" (this process's user+system CPU
+// seconds over the throughput phase),"lat_n","lat_p50_ms","lat_p99_ms",
 // "lat_max_ms","lat_ms":[every sample, sorted]} and exits; the queue's keys are left for the
 // caller to delete.
 'use strict';
@@ -55,6 +56,7 @@ async function main() {
   await sleep(200); // the worker is blocked on the marker
 
   const allDone = new Promise((resolve) => { onAllDone = resolve; });
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const per = Math.floor(n / producers);
   const loops = [];
@@ -67,6 +69,7 @@ async function main() {
   await Promise.all(loops);
   await allDone;
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
 
   mode = 'latency';
   const lat = [];
@@ -80,7 +83,8 @@ async function main() {
     await sleep(1);
   }
   lat.sort((x, y) => x - y);
-  emit({ ev: 'result', jobs: n, seconds, jobs_per_s: n / seconds, lat_n: lat.length,
+  emit({ ev: 'result', jobs: n, seconds, jobs_per_s: n / seconds, cpu_s: (cpu.user + cpu.system) / 1e6,
+         lat_n: lat.length,
          lat_p50_ms: pct(lat, 0.5), lat_p99_ms: pct(lat, 0.99), lat_max_ms: lat.length ? lat[lat.length - 1] : null,
          lat_ms: lat.map((x) => Math.round(x * 1000) / 1000) });
   await worker.close();

@@ -98,6 +98,7 @@ local function ours(name)
 
   local per = floor(JOBS / PRODUCERS)
   local failed
+  local c0 = os.clock()
   local t0 = nuvion.monotonic_ms()
   for p = 1, PRODUCERS do
     local count = p < PRODUCERS and per or JOBS - per * (PRODUCERS - 1)
@@ -111,6 +112,7 @@ local function ours(name)
   wait_until(function() return failed or w:stats().completed >= JOBS end, "our jobs to complete")
   if failed then die("add failed: " .. failed) end
   local seconds = (nuvion.monotonic_ms() - t0) / 1000
+  local cpu_s = os.clock() - c0
 
   nuvion.sleep(100)
   local lat = {}
@@ -123,7 +125,7 @@ local function ours(name)
     nuvion.sleep(1)
   end
   w:close(5000)
-  return JOBS / seconds, lat
+  return JOBS / seconds, lat, cpu_s
 end
 
 -- Node BullMQ's round (node/bench.js in a process of its own).
@@ -150,7 +152,13 @@ local function node(name)
   if not result or how ~= "exit" or code ~= 0 then
     die("node/bench.js failed (" .. tostring(how) .. " " .. tostring(code) .. "): " .. table.concat(lines, "\n"))
   end
-  return result.jobs_per_s, result.lat_ms
+  return result.jobs_per_s, result.lat_ms, result.cpu_s
+end
+
+-- Redis's own CPU seconds (user + system) so far.
+local function redis_cpu_s(r)
+  local info = assert(r:call("INFO", "cpu"))
+  return tonumber(info:match("used_cpu_user:([%d%.]+)")) + tonumber(info:match("used_cpu_sys:([%d%.]+)"))
 end
 
 local function main()
@@ -173,11 +181,16 @@ local function main()
   local best = { ours = 0, node = 0 }
   local rates = { ours = {}, node = {} }
   local lat = { ours = {}, node = {} }
+  local cpu = { ours = 0, node = 0 }       -- the client's CPU s over the throughput phases
+  local redis_cpu = { ours = 0, node = 0 } -- Redis's CPU s over the whole rounds
   for round = 1, ROUNDS do
     for _, side in ipairs({ "node", "ours" }) do
       local name = format("%s-%s-%d", RUN, side, round)
-      local rate, samples
-      if side == "ours" then rate, samples = ours(name) else rate, samples = node(name) end
+      local rate, samples, cpu_s
+      local rc0 = redis_cpu_s(r)
+      if side == "ours" then rate, samples, cpu_s = ours(name) else rate, samples, cpu_s = node(name) end
+      redis_cpu[side] = redis_cpu[side] + redis_cpu_s(r) - rc0
+      cpu[side] = cpu[side] + cpu_s
       delete_queue(r, name)
       best[side] = math.max(best[side], rate)
       rates[side][#rates[side] + 1] = format("%.0f", rate)
@@ -195,15 +208,19 @@ local function main()
                node_version, LAT_JOBS))
   print(format("cpu busy in the second before the start: %d%%%s", busy,
                busy > 10 and " (warning: the machine was busy: figures are noisy)" or ""))
-  print(format("%-24s | %9s | %7s | %16s | %16s | %16s", "worker", "jobs/s", "ratio", "pick-up p50",
-               "pick-up p99", "pick-up max"))
-  print(rep("-", 25) .. "|" .. rep("-", 11) .. "|" .. rep("-", 9) .. "|" .. rep("-", 18) .. "|"
-        .. rep("-", 18) .. "|" .. rep("-", 17))
+  print(format("%-20s | %8s | %6s | %11s | %11s | %11s | %10s | %10s", "worker", "jobs/s", "ratio",
+               "pick-up p50", "pick-up p99", "pick-up max", "client cpu", "redis cpu"))
+  print(rep("-", 21) .. "|" .. rep("-", 10) .. "|" .. rep("-", 8) .. "|" .. rep("-", 13) .. "|"
+        .. rep("-", 13) .. "|" .. rep("-", 13) .. "|" .. rep("-", 12) .. "|" .. rep("-", 11))
   for _, row in ipairs({ { "ours", "nuvion.queue (Lua)" }, { "node", "BullMQ (Node)" } }) do
-    local l = lat[row[1]]
-    print(format("%-24s | %9.0f | %6.2fx | %13.3f ms | %13.3f ms | %13.3f ms", row[2], best[row[1]],
-                 best[row[1]] / best.node, percentile(l, 0.5), percentile(l, 0.99), l[#l] or 0))
+    local side = row[1]
+    local l = lat[side]
+    print(format("%-20s | %8.0f | %5.2fx | %8.3f ms | %8.3f ms | %8.3f ms | %5.1f us/j | %5.1f us/j", row[2],
+                 best[side], best[side] / best.node, percentile(l, 0.5), percentile(l, 0.99), l[#l] or 0,
+                 cpu[side] / (JOBS * ROUNDS) * 1e6, redis_cpu[side] / ((JOBS + LAT_JOBS) * ROUNDS) * 1e6))
   end
+  print("client cpu: the worker+producer process's CPU per job over the throughput phases; redis cpu:")
+  print("Redis's CPU per job over the whole rounds (both phases). us/j: microseconds per job.")
   print("")
   print(format("jobs/s of every round: nuvion.queue %s; BullMQ %s", table.concat(rates.ours, " "),
                table.concat(rates.node, " ")))
