@@ -17,7 +17,7 @@ files["bench/"] = { std = "luajit" }
 -- there, not in lib.lua itself.
 local queue_lib = { "redis", "KEYS", "ARGV", "rcall", "PREFIX", "K_WAIT", "K_ACTIVE", "K_PAUSED",
   "K_PRIORITIZED", "K_DELAYED", "K_COMPLETED", "K_FAILED", "K_STALLED", "K_STALLED_CHECK", "K_META",
-  "K_ID", "K_PC", "K_MARKER", "K_EVENTS", "max_events", "emit", "target_list", "base_marker",
+  "K_ID", "K_PC", "K_MARKER", "K_EVENTS", "meta", "max_events", "emit", "target_list", "base_marker",
   "delay_marker", "delayed_score", "add_prioritized", "enqueue_ready", "promote_delayed",
   "remove_job_keys", "remove_job", "trim_finished", "release_dedup", "remove_lock", "take" }
 files["lua/lib/nuvion/queue/scripts/"] = { std = "lua51", read_globals = queue_lib }

@@ -488,6 +488,19 @@ describe("nuvion.queue", function()
       assert.equals(1, w:stats().failed)
     end)
 
+    it("do not fail a stalled job of a BullMQ job scheduler, as BullMQ", function()
+      local q, name = new_queue()
+      local id = assert(q:add("tick", {}))
+      assert(r:call("HSET", "bull:" .. name .. ":" .. id, "rjk", "every-minute"))
+      assert(r:call("HSET", "bull:" .. name .. ":repeat:every-minute", "every", 60000))
+      assert.equals(id, take_and_die(q, 50))
+      local ran
+      worker(name, function(job) ran = job end, { stalled_interval = 1000, max_stalled_count = 0 })
+      wait_until(function() return ran end, 4000)
+      assert.equals(1, ran.stalledCounter)
+      assert.is_nil(ran.deferredFailure)
+    end)
+
     it("never run more jobs at once than concurrency (the bound, hit)", function()
       local q, name = new_queue()
       for i = 1, 40 do assert(q:add("j", { i = i })) end

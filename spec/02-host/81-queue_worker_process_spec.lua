@@ -191,6 +191,27 @@ describe("queue worker processes", function()
     assert.matches("no workers.lua", table.concat(out, "\n"), 1, true)
   end)
 
+  it("hands the in-web workers to the new generation on SIGHUP; the old one finishes its job", function()
+    seq = seq + 1
+    local name = RUN .. "-" .. seq
+    local q = queue.new(name, { redis = URL })
+    local srv = helpers.start_server({ app = APP, env = { NUVION_WORKERS_IN_WEB = "1", REDIS_URL = URL,
+                                                          QUEUE_NAME = name } })
+    local slow = assert(q:add("x", { sleep_ms = 700 }))
+    wait_until(function() return #spec_log(name) == 1 end)
+    srv:signal("HUP")
+    assert.is_truthy(srv:wait_log({ msg = "generation 2 serving" }, 5000))
+    local after = assert(q:add("x", { sleep_ms = 0 }))
+    wait_until(function() return q:get_state(after) == "completed" end, 5000)
+    wait_until(function() return q:get_state(slow) == "completed" end, 5000)
+    -- the old generation closes once its job finished and its workers stopped
+    assert.is_truthy(srv:wait_log({ msg = "generation 1 closed" }, 8000))
+    assert.equals(1, q:get_job(slow).attemptsStarted) -- finished by the old generation, not re-run
+    local how, code = srv:stop()
+    assert.equals("exit", how)
+    assert.equals(0, code)
+  end)
+
   it("runs the workers inside serve with NUVION_WORKERS_IN_WEB=1, and drains them on SIGTERM", function()
     seq = seq + 1
     local name = RUN .. "-" .. seq

@@ -603,9 +603,10 @@ function Worker:run_job(job)
 end
 
 -- One task of the worker. With a job it processes jobs (a slot); without one it takes jobs
--- (the fetcher, at most one at a time). A fetcher that fills the last slot becomes a slot;
--- a slot left without a next job becomes the fetcher when there is none: so at most
--- `concurrency` jobs run, and capacity never waits for a poll.
+-- (the fetcher, at most one at a time). A fetcher that takes a job runs it itself and hands
+-- the fetching to a new task while a slot is free; a slot left without a next job becomes the
+-- fetcher when there is none: so at most `concurrency` jobs run, and capacity never waits for
+-- a poll.
 function Worker:task(job)
   while true do
     if job then
@@ -625,13 +626,15 @@ function Worker:task(job)
         if self.closing then -- closed while taking: give it straight back
           self:release(got)
         else
+          -- this task runs the job at once; a new task takes over fetching (the role stays
+          -- taken meanwhile) while a slot is free
           self.n_active = self.n_active + 1
           if self.n_active < self.concurrency then
-            spawn(self.task, self, got)
+            spawn(self.task, self, nil)
           else
             self.fetching = false
-            job = got
           end
+          job = got
         end
       end
     end
@@ -650,10 +653,11 @@ function Worker:release(job)
 end
 
 function Worker:renew_locks()
-  local args = {}
+  local args, sent = {}, {}
   for id, job in pairs(self.jobs) do
     args[#args + 1] = id
     args[#args + 1] = job.token
+    sent[id] = job
   end
   if #args == 0 then return end
   local lost, err = self.q:run("extend", self.lock_ms, unpack(args))
@@ -663,8 +667,13 @@ function Worker:renew_locks()
   end
   self.stats_t.lock_renewals = self.stats_t.lock_renewals + #args / 2 - #lost
   for _, id in ipairs(lost) do
-    self.stats_t.lock_lost = self.stats_t.lock_lost + 1
-    log.warn("queue: a job lost its lock", { queue = self.name, job_id = id })
+    -- a job that finished while the renewal was on its way has no lock to renew
+    local job = sent[id]
+    if self.jobs[id] == job and not job.released then
+      job.lock_lost = true
+      self.stats_t.lock_lost = self.stats_t.lock_lost + 1
+      log.warn("queue: a job lost its lock", { queue = self.name, job_id = id })
+    end
   end
 end
 

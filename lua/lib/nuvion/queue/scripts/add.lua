@@ -41,7 +41,7 @@ if delay > 0 then
   local score, due = delayed_score(timestamp, delay)
   rcall("ZADD", K_DELAYED, score, id)
   emit("event", "delayed", "jobId", id, "delay", due)
-  if not rcall("HGET", K_META, "paused") then delay_marker() end
+  if not meta().paused then delay_marker() end
   return id
 end
 

@@ -10,14 +10,13 @@ local id, timestamp, token, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local value, stacktrace = ARGV[6], ARGV[7]
 local keep_count, keep_age, attempts = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local job_key = PREFIX .. id
-if rcall("EXISTS", job_key) == 0 then return -1 end
+local attrs = rcall("HMGET", job_key, "timestamp", "deid") -- every job has a timestamp
+if not attrs[1] then return -1 end
 local code = remove_lock(job_key, id, token)
 if code < 0 then return code end
 if rcall("LREM", K_ACTIVE, -1, id) < 1 then return -3 end
-rcall("XTRIM", K_EVENTS, "MAXLEN", "~", max_events())
 
-local deid = rcall("HGET", job_key, "deid")
-release_dedup(deid, id)
+release_dedup(attrs[2], id)
 local made = rcall("HINCRBY", job_key, "atm", 1)
 local field = target == "completed" and "returnvalue" or "failedReason"
 if stacktrace ~= "" then rcall("HSET", job_key, "stacktrace", stacktrace) end

@@ -8,17 +8,23 @@ local K_COMPLETED, K_FAILED, K_STALLED, K_STALLED_CHECK = KEYS[6], KEYS[7], KEYS
 local K_META, K_ID, K_PC, K_MARKER, K_EVENTS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 local PREFIX = ARGV[1]
 
--- The events stream bound: meta's opts.maxLenEvents, written with its default when missing.
-local max_events_cached
-local function max_events()
-  if not max_events_cached then
-    max_events_cached = rcall("HGET", K_META, "opts.maxLenEvents")
-    if not max_events_cached then
-      max_events_cached = 10000
-      rcall("HSET", K_META, "opts.maxLenEvents", max_events_cached)
+-- meta's fields the scripts read, once per call: the events stream bound (opts.maxLenEvents,
+-- written with BullMQ's default 10000 when missing), paused, and BullMQ's global concurrency.
+local meta_cached
+local function meta()
+  if not meta_cached then
+    local m = rcall("HMGET", K_META, "opts.maxLenEvents", "paused", "concurrency")
+    if not m[1] then
+      m[1] = 10000
+      rcall("HSET", K_META, "opts.maxLenEvents", m[1])
     end
+    meta_cached = { max_events = m[1], paused = m[2], concurrency = m[3] }
   end
-  return max_events_cached
+  return meta_cached
+end
+
+local function max_events()
+  return meta().max_events
 end
 
 -- XADD events MAXLEN ~ <bound> * field value ...
@@ -29,9 +35,9 @@ end
 -- Where a job ready to run goes: paused list when meta.paused, else wait; and
 -- whether workers must not be woken (paused, or meta.concurrency reached).
 local function target_list()
-  local attrs = rcall("HMGET", K_META, "paused", "concurrency")
-  if attrs[1] then return K_PAUSED, true end
-  if attrs[2] and rcall("LLEN", K_ACTIVE) >= tonumber(attrs[2]) then return K_WAIT, true end
+  local m = meta()
+  if m.paused then return K_PAUSED, true end
+  if m.concurrency and rcall("LLEN", K_ACTIVE) >= tonumber(m.concurrency) then return K_WAIT, true end
   return K_WAIT, false
 end
 

@@ -18,7 +18,11 @@ if #stalling > 0 then
       local job_key = PREFIX .. id
       if rcall("EXISTS", job_key .. ":lock") == 0 and rcall("LREM", K_ACTIVE, 1, id) > 0 then
         local count = rcall("HINCRBY", job_key, "stc", 1)
-        if count > max_stalled then
+        -- a job of a BullMQ job scheduler (rjk) is never failed for stalling, as BullMQ
+        local rjk = rcall("HGET", job_key, "rjk")
+        local scheduled = rjk and (rcall("EXISTS", PREFIX .. "repeat:" .. rjk) == 1
+                                   or rcall("ZSCORE", PREFIX .. "repeat", rjk))
+        if count > max_stalled and not scheduled then
           rcall("HSET", job_key, "defa", "job stalled more than allowable limit")
         end
         local target, quiet = target_list()
