@@ -147,6 +147,37 @@ describe("BullMQ interop", function()
     wait_for(function() return q:get_job(ids["keep-none"]) == nil end, 2000, "keep-none to be removed")
   end)
 
+  it("takes Node's waiting, prioritized, lifo and delayed jobs in the order BullMQ's worker does", function()
+    local jobs = {
+      { name = "later", opts = { delay = 1500 } },
+      { name = "p3", opts = { priority = 3 } },
+      { name = "plain-1" },
+      { name = "p1", opts = { priority = 1 } },
+      { name = "plain-2" },
+      { name = "p1-again", opts = { priority = 1 } },
+      { name = "lifo", opts = { lifo = true } },
+      { name = "p2", opts = { priority = 2 } },
+    }
+    -- wait list first (lifo at its head, then oldest first), then by priority (equal: oldest
+    -- first), the delayed job once due
+    local want = { "lifo", "plain-1", "plain-2", "p1", "p1-again", "p2", "p3", "later" }
+    local name = qname("order")
+    assert.equals(8, #peer.filter(peer.run("producer", { queue = name, jobs = jobs }), { ev = "added" }))
+    local order = {}
+    local w = queue.worker(name, function(job) order[#order + 1] = job.name end, { redis = URL, concurrency = 1 })
+    wait_for(function() return #order == 8 end, 5000, "the eight jobs")
+    w:close(5000)
+    assert.same(want, order)
+
+    -- the same jobs, added by Node, taken by Node's own worker
+    local theirs = qname("order-node")
+    peer.run("producer", { queue = theirs, jobs = jobs })
+    local events = peer.run("worker", { queue = theirs, expect = 8, concurrency = 1 })
+    local node_order = {}
+    for _, ev in ipairs(peer.filter(events, { ev = "process" })) do node_order[#node_order + 1] = ev.name end
+    assert.same(want, node_order)
+  end)
+
   it("lets a Node BullMQ worker run jobs we added, with fixed and exponential backoff", function()
     local name = qname("us-to-node")
     local q = queue.new(name, { redis = URL })
