@@ -2,7 +2,8 @@
 // on a loopback port; the script asks its HTTP API what the board UI would ask, prints the
 // answers and exits.
 //   node board.js '{"queues": ["q1", "q2"], "jobs": {"q1": ["1", "7"]}, "timeout_ms": 20000}'
-// Prints, per queue, {"ev":"queue","name","counts","jobs":{<status>: [{id,name,attempts,
+// Prints, per queue, {"ev":"queue","name","counts","hasWorkers","workers" (the board's workers
+// page: Redis clients named as BullMQ names its workers'),"jobs":{<status>: [{id,name,attempts,
 // failedReason,progress,returnValue,data,delay,timestamp,processedOn,finishedOn}]}}: the
 // /api/queues listing with activeQueue=<name> and status=<each of the board's statuses>; per job
 // asked for, {"ev":"job","queue","id","http","status","job":{...}} from /api/queues/<q>/<id>;
@@ -56,7 +57,7 @@ async function main() {
   const all = await get(port, '/api/queues?page=1');
   emit({ ev: 'listed', http: all.status, names: (all.body.queues || []).map((q) => q.name) });
   for (const name of a.queues || []) {
-    const out = { ev: 'queue', name, counts: null, jobs: {} };
+    const out = { ev: 'queue', name, counts: null, hasWorkers: null, workers: null, jobs: {} };
     for (const status of STATUSES) {
       const path = '/api/queues?activeQueue=' + encodeURIComponent(name) + '&status=' + status
         + '&page=1&jobsPerPage=100';
@@ -64,8 +65,11 @@ async function main() {
       if (res.status !== 200) throw new Error('GET ' + path + ': ' + res.status + ' ' + JSON.stringify(res.body));
       const q = res.body.queues.find((x) => x.name === name);
       out.counts = q.counts;
+      out.hasWorkers = q.hasWorkers;
       out.jobs[status] = q.jobs.map(brief);
     }
+    const workers = await get(port, '/api/queues/' + encodeURIComponent(name) + '/workers');
+    out.workers = workers.body;
     emit(out);
     for (const id of (a.jobs && a.jobs[name]) || []) {
       const res = await get(port, '/api/queues/' + encodeURIComponent(name) + '/' + encodeURIComponent(id));
