@@ -10,21 +10,24 @@ local id, timestamp, token, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local value, stacktrace = ARGV[6], ARGV[7]
 local keep_count, keep_age, attempts = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local job_key = PREFIX .. id
-local attrs = rcall("HMGET", job_key, "timestamp", "deid") -- every job has a timestamp
+local attrs = rcall("HMGET", job_key, "timestamp", "deid", "atm") -- every job has a timestamp
 if not attrs[1] then return -1 end
 local code = remove_lock(job_key, id, token)
 if code < 0 then return code end
 if rcall("LREM", K_ACTIVE, -1, id) < 1 then return -3 end
 
 release_dedup(attrs[2], id)
-local made = rcall("HINCRBY", job_key, "atm", 1)
+local made = (tonumber(attrs[3]) or 0) + 1
 local field = target == "completed" and "returnvalue" or "failedReason"
-if stacktrace ~= "" then rcall("HSET", job_key, "stacktrace", stacktrace) end
 
 if keep_count ~= 0 then
   local set_key = target == "completed" and K_COMPLETED or K_FAILED
   rcall("ZADD", set_key, timestamp, id)
-  rcall("HSET", job_key, field, value, "finishedOn", timestamp)
+  if stacktrace ~= "" then
+    rcall("HSET", job_key, field, value, "finishedOn", timestamp, "atm", made, "stacktrace", stacktrace)
+  else
+    rcall("HSET", job_key, field, value, "finishedOn", timestamp, "atm", made)
+  end
   if target == "failed" then rcall("HDEL", job_key, "defa") end
   trim_finished(set_key, timestamp, keep_count, keep_age)
 else

@@ -184,12 +184,31 @@ local function take(timestamp, token, lock_ms, worker_name)
   local job_key = PREFIX .. id
   rcall("SET", job_key .. ":lock", token, "PX", lock_ms)
   emit("event", "active", "jobId", id, "prev", "waiting")
-  if worker_name and worker_name ~= "" then
-    rcall("HSET", job_key, "processedOn", timestamp, "pb", worker_name)
-  else
-    rcall("HSET", job_key, "processedOn", timestamp)
+  -- read the job once, then write processedOn, ats + 1 (and pb) in one HSET and return the
+  -- fields as they now are: one call fewer than HSET + HINCRBY + HGETALL
+  local flat = rcall("HGETALL", job_key)
+  local set = { processedOn = timestamp, ats = 1 }
+  if worker_name and worker_name ~= "" then set.pb = worker_name end
+  for i = 1, #flat, 2 do
+    if flat[i] == "ats" then set.ats = (tonumber(flat[i + 1]) or 0) + 1 end
   end
-  rcall("HINCRBY", job_key, "ats", 1)
+  local args = {}
+  for k, v in pairs(set) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  rcall("HSET", job_key, unpack(args))
+  for i = 1, #flat, 2 do
+    local v = set[flat[i]]
+    if v ~= nil then
+      flat[i + 1] = tostring(v)
+      set[flat[i]] = nil
+    end
+  end
+  for k, v in pairs(set) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = tostring(v)
+  end
   base_marker(false)
-  return { rcall("HGETALL", job_key), id }
+  return { flat, id }
 end
