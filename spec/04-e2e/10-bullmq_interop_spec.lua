@@ -2,8 +2,9 @@
 -- its Express adapter, installed by `make node`) on the test Redis (NUVION_TEST_REDIS_URL):
 -- Node adds, we work; we add, Node works (retries and backoff timed on both sides); Node's
 -- QueueEvents reads our events; Bull Board's HTTP API lists our queues and jobs in every state;
--- a worker killed on one side is recovered by the other's stalled check; deduplication ids and
--- pause hold across both; and a job written by us has the same Redis shape as BullMQ's.
+-- our worker takes Node's jobs in BullMQ's order (wait, lifo, priority, delay); a worker killed on
+-- one side is recovered by the other's stalled check; deduplication ids, pause and retry from
+-- failed hold across both; and a job written by us has the same Redis shape as BullMQ's.
 -- The Node scripts (spec/bullmq_peer.lua, node/*.js) print JSON lines and exit by themselves.
 local queue = require "nuvion.queue"
 local redis = require "nuvion.redis"
