@@ -358,6 +358,23 @@ describe("nuvion.queue", function()
       end
     end)
 
+    it("retry with a jittered backoff within [delay * (1 - jitter), delay)", function()
+      local q, name = new_queue()
+      local times = {}
+      local id = assert(q:add("flaky", {}, { attempts = 2, backoff = { type = "fixed", delay = 400, jitter = 0.5 } }))
+      worker(name, function(job)
+        times[#times + 1] = nuvion.monotonic_ms()
+        if job.attemptsMade < 1 then error("again", 0) end
+      end)
+      -- while it waits in delayed, the job's delay field is the backoff it got
+      wait_until(function() return q:get_state(id) == "delayed" end, 3000)
+      local delay = tonumber(hgetall("bull:" .. name .. ":" .. id).delay)
+      assert.truthy(delay >= 200 and delay < 400, "delay " .. delay)
+      wait_until(function() return q:get_state(id) == "completed" end, 3000)
+      local gap = times[2] - times[1]
+      assert.truthy(gap >= delay - 5 and gap < delay + 150, "gap " .. gap .. " for a delay of " .. delay)
+    end)
+
     it("retry without backoff straight to wait", function()
       local q, name = new_queue()
       local n = 0
@@ -627,6 +644,37 @@ describe("nuvion.queue", function()
           worker(name, function() end, { [c[1]] = good }):close(0)
         end
       end
+    end)
+
+    it("close while a take is in flight: the job taken goes straight back to wait", function()
+      local q, name = new_queue()
+      local id = assert(q:add("x", {}))
+      local ran = false
+      local w = queue.worker(name, function() ran = true end, { redis = URL })
+      nuvion.sleep(0) -- the worker's first take is now on its way to Redis
+      assert.equals(0, w:close(1000))
+      assert.equals("waiting", q:get_state(id))
+      assert.equals(0, r:call("EXISTS", "bull:" .. name .. ":" .. id .. ":lock"))
+      assert.equals(1, w:stats().released)
+      assert.is_false(ran)
+    end)
+
+    it("close during a finish that takes the next job: that job goes straight back", function()
+      local q, name = new_queue()
+      local a = assert(q:add("a", {}))
+      local b = assert(q:add("b", {}))
+      local ran_b, closed = false, nil
+      local w
+      w = queue.worker(name, function(job)
+        if job.name == "b" then ran_b = true return end
+        -- close() starts while this job's finish (which takes b) is on its way
+        nuvion.spawn(function() closed = w:close(1000) end)
+      end, { redis = URL })
+      wait_until(function() return closed ~= nil end)
+      assert.equals("completed", q:get_state(a))
+      assert.equals("waiting", q:get_state(b))
+      assert.is_false(ran_b)
+      assert.equals(1, w:stats().released)
     end)
 
     it("bound the events stream by meta opts.maxLenEvents (hit)", function()

@@ -202,10 +202,11 @@ local function build_opts(opts)
   local b = opts.backoff
   if b ~= nil then
     if type(b) == "number" then b = { type = "fixed", delay = b } end
-    if type(b) ~= "table" or (b.type ~= "fixed" and b.type ~= "exponential") or not is_int(b.delay, 0, 2 ^ 40) then
-      error("queue:add: backoff must be { type = 'fixed' | 'exponential', delay = ms } or a number", 3)
+    if type(b) ~= "table" or (b.type ~= "fixed" and b.type ~= "exponential") or not is_int(b.delay, 0, 2 ^ 40)
+       or (b.jitter ~= nil and (type(b.jitter) ~= "number" or b.jitter < 0 or b.jitter > 1)) then
+      error("queue:add: backoff must be { type = 'fixed' | 'exponential', delay = ms, jitter = 0..1? } or a number", 3)
     end
-    o.backoff = { type = b.type, delay = b.delay }
+    o.backoff = { type = b.type, delay = b.delay, jitter = b.jitter }
   end
   check_keep(opts.removeOnComplete, "removeOnComplete")
   check_keep(opts.removeOnFail, "removeOnFail")
@@ -493,7 +494,14 @@ end
 -- the next delayed job is due) and returns nil.
 function Worker:fetch()
   local token = self:new_token()
+  self.taking = true -- close() waits for this take: a job it takes is given straight back
   local res, err = self.q:run("take", now_ms(), token, self.lock_ms, self.worker_name)
+  if res ~= nil and self.closing then
+    local got = self:reply_job(res, token)
+    if got then self:release(got) end
+    res = { 0, 0 }
+  end
+  self.taking = false
   if res == nil then
     log.warn("queue: take failed", { queue = self.name, error = err.message })
     sleep(FETCH_ERROR_BACKOFF_MS)
@@ -521,12 +529,24 @@ function Worker:fetch()
   return nil
 end
 
--- Backoff of retry number n (attempts made, from 1), as BullMQ's built-in strategies.
+-- Backoff of retry number n (attempts made, from 1), as BullMQ's built-in strategies: with a
+-- jitter j in (0, 1], a random delay in [d * (1 - j), d).
 local function backoff_ms(b, n)
   if type(b) ~= "table" or type(b.delay) ~= "number" then return 0 end
-  if b.type == "exponential" then return floor(2 ^ (n - 1) * b.delay + 0.5) end
-  if b.type == "fixed" then return b.delay end
-  return 0
+  local d
+  if b.type == "exponential" then
+    d = floor(2 ^ (n - 1) * b.delay + 0.5)
+  elseif b.type == "fixed" then
+    d = b.delay
+  else
+    return 0
+  end
+  local j = tonumber(b.jitter) or 0
+  if j > 0 then -- the host's random source (LuaJIT's math.random starts the same in every process)
+    local u = tonumber(nuvion.random_hex(4), 16) / 2 ^ 32
+    d = floor(u * d * j + d * (1 - j))
+  end
+  return d
 end
 
 local function keep_of(v)
@@ -611,6 +631,10 @@ function Worker:task(job)
   while true do
     if job then
       job = self:run_job(job)
+      if job and self.closing then -- taken by a finish that raced close(): give it back
+        self:release(job)
+        job = nil
+      end
       if not job then
         self.n_active = self.n_active - 1
         if self.fetching or self.closing then return end
@@ -623,19 +647,15 @@ function Worker:task(job)
       self.fetching = true
       local got = self:fetch()
       if got then
-        if self.closing then -- closed while taking: give it straight back
-          self:release(got)
+        -- this task runs the job at once; a new task takes over fetching (the role stays
+        -- taken meanwhile) while a slot is free
+        self.n_active = self.n_active + 1
+        if self.n_active < self.concurrency then
+          spawn(self.task, self, nil)
         else
-          -- this task runs the job at once; a new task takes over fetching (the role stays
-          -- taken meanwhile) while a slot is free
-          self.n_active = self.n_active + 1
-          if self.n_active < self.concurrency then
-            spawn(self.task, self, nil)
-          else
-            self.fetching = false
-          end
-          job = got
+          self.fetching = false
         end
+        job = got
       end
     end
   end
@@ -728,7 +748,7 @@ function Worker:close(grace_ms)
   self.state = "closing"
   self.closing = true
   local deadline = monotonic_ms() + (grace_ms or self.grace_ms)
-  while self.n_active > 0 and monotonic_ms() < deadline do sleep(CLOSE_POLL_MS) end
+  while (self.n_active > 0 or self.taking) and monotonic_ms() < deadline do sleep(CLOSE_POLL_MS) end
   local released = 0
   for _, job in pairs(self.jobs) do
     if not job.released and self:release(job) then released = released + 1 end
