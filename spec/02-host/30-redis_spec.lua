@@ -25,6 +25,10 @@ local function port_open(port)
   return ok
 end
 
+-- LuaJIT's math.random starts the same in every process: every run of this spec on the machine
+-- (other checkouts' test runs too) would try the same ports in the same order.
+math.randomseed(tonumber(nuvion.random_hex(4), 16))
+
 local function free_port()
   for _ = 1, 100 do
     local port = 30000 + math.random(0, 25000)
