@@ -11,6 +11,7 @@ local json = require "nuvion.json"
 local nuvion = require "nuvion"
 local core = require "nuvion.core"
 local log = require "nuvion.log"
+local crypto = require "nuvion.crypto"
 
 local type, tostring, tonumber, pairs, ipairs, error, setmetatable, getmetatable =
   type, tostring, tonumber, pairs, ipairs, error, setmetatable, getmetatable
@@ -466,6 +467,13 @@ function _M.worker(name, handler, opts)
                 stalled_checks = 0, stalled_moved = 0, released = 0 },
   }, Worker)
   if type(w.worker_name) ~= "string" then error("queue.worker: name must be a string", 2) end
+  -- BullMQ finds workers by their connection's name (Queue.getWorkers, Bull Board's workers
+  -- page): "<prefix>:<base64 of the queue name>", ":w:<name>" for a named worker. Only a
+  -- connection of the worker's own is named: a client shared between queues holds one name.
+  if type(opts.redis) ~= "table" then
+    w.client_name = q.prefix .. ":" .. crypto.base64_encode(name)
+      .. (w.worker_name ~= "" and ":w:" .. w.worker_name or "")
+  end
   core.drain_hold(1)
   spawn(w.task, w, nil)
   spawn(w.housekeeping, w)
@@ -697,7 +705,18 @@ function Worker:renew_locks()
   end
 end
 
+-- Names the worker's connection as BullMQ names its workers' (see queue.worker); again at every
+-- stalled check, so a reconnected client gets its name back.
+function Worker:name_connection()
+  if not self.client_name then return end
+  local r = self.q:client()
+  if not r then return end -- the stalled check that follows reports the failure
+  local ok, err = r:call("CLIENT", "SETNAME", self.client_name)
+  if not ok then log.warn("queue: naming the worker's connection failed", { queue = self.name, error = err }) end
+end
+
 function Worker:check_stalled()
+  self:name_connection()
   local moved, err = self.q:run("stalled", now_ms(), self.max_stalled, self.stalled_ms)
   if moved == nil then
     log.warn("queue: stalled check failed", { queue = self.name, error = err.message })
