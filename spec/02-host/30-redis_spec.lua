@@ -38,8 +38,20 @@ local function free_port()
 end
 
 -- A redis-server of this spec on `port` (a free one when nil); extra: more arguments.
+local start_redis_on
+
 local function start_redis(port, extra, tls)
-  port = port or free_port()
+  if port then return start_redis_on(port, extra, tls) end
+  -- a port free when looked at can be taken before redis-server binds it (by another test run,
+  -- or as the local port of a connection): then redis-server exits, and another port is tried
+  for _ = 1, 5 do
+    local srv = start_redis_on(free_port(), extra, tls, true)
+    if srv then return srv end
+  end
+  error("redis-server did not start on 5 free ports")
+end
+
+function start_redis_on(port, extra, tls, may_fail)
   local argv = { "redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--maxmemory-policy", "noeviction" }
   if tls then
@@ -52,6 +64,7 @@ local function start_redis(port, extra, tls)
   local proc = assert(process.spawn(argv, { output = "null" }))
   local deadline = nuvion.monotonic_ms() + 10000
   while not port_open(port) do
+    if may_fail and proc:wait(0) then return nil end -- exited: the port was taken
     assert(nuvion.monotonic_ms() < deadline, "redis-server did not start on " .. port)
     nuvion.sleep(20)
   end
