@@ -221,6 +221,11 @@ local function main()
   end
   print("client cpu: the worker+producer process's CPU per job over the throughput phases; redis cpu:")
   print("Redis's CPU per job over the whole rounds (both phases). us/j: microseconds per job.")
+  local function per_job(side)
+    return cpu[side] / (JOBS * ROUNDS) * 1e6 + redis_cpu[side] / ((JOBS + LAT_JOBS) * ROUNDS) * 1e6
+  end
+  print(format("cpu per job, client + redis (steadier than jobs/s on a busy machine): nuvion.queue %.1f us, "
+               .. "BullMQ %.1f us: %.2fx less", per_job("ours"), per_job("node"), per_job("node") / per_job("ours")))
   print("")
   print(format("jobs/s of every round: nuvion.queue %s; BullMQ %s", table.concat(rates.ours, " "),
                table.concat(rates.node, " ")))
