@@ -92,9 +92,25 @@ LUA_DIRS := lua spec bench
 # The specs also need lyaml: spec/openapi.lua reads docs/openapi.yaml.
 DEB_PACKAGES += lua-yaml
 
+# Node with the npm packages pinned in node/package-lock.json (bullmq 5, @bull-board/api and its
+# Express adapter): the peers the queue interop specs and bench/queue run against. Debian 12's
+# nodejs is 18 (bullmq 5 needs >= 12.22, express 5 >= 18); Debian's npm is a package of its own,
+# installed only when no npm is on the PATH (NodeSource's nodejs brings one). `npm ci` reinstalls
+# when package.json or the lock change; install scripts are skipped (msgpackr falls back to JS).
+DEB_PACKAGES += nodejs
+NODE_STAMP := node/node_modules/.installed
+
+.PHONY: node
+node: $(NODE_STAMP)
+$(NODE_STAMP): node/package.json node/package-lock.json | build/.deps
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; } || { echo "npm is missing"; exit 1; }
+	cd node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 .PHONY: test lint run bench
 
-test: deps bin/nuvion bin/nuvion-asan $(TESTS_REL) $(TESTS_ASAN)
+test: deps bin/nuvion bin/nuvion-asan $(TESTS_REL) $(TESTS_ASAN) $(NODE_STAMP)
 	@scripts/test.sh
 
 lint: deps
@@ -105,7 +121,7 @@ run: deps bin/nuvion
 
 # The HTTP bench writes its tables to bench/results/latest.txt; the JSON table is added to it.
 # The JSON bench runs even when the HTTP one failed (a reload run with errors); make fails then.
-bench: deps bin/nuvion
+bench: deps bin/nuvion $(NODE_STAMP)
 	@scripts/bench.sh
 
 clean:
