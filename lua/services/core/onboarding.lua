@@ -195,11 +195,13 @@ function _M.transition(tx, id, from, to, reason, request_id)
   return row
 end
 
--- A new verification row (status submitting) for customer id, in tx.
-function _M.new_verification(tx, customer_id, reason)
+-- A new verification row (status submitting) for customer id, in tx. The poller leaves it
+-- alone until the request's own submission has had its time (the client's timeout and 1 s).
+function _M:new_verification(tx, customer_id, reason)
   local vid = ids.new("kyc")
-  local rows, err = tx:query("INSERT INTO customer_verifications (id, customer_id, provider, reason) "
-    .. "VALUES ($1, $2, $3, $4) RETURNING id, status", vid, customer_id, _M.PROVIDER, reason)
+  local rows, err = tx:query("INSERT INTO customer_verifications (id, customer_id, provider, reason, next_poll_at) "
+    .. "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING id, status", vid, customer_id,
+    _M.PROVIDER, reason, self.kyc.timeout_ms / 1000 + 1)
   if not rows then return nil, err end
   return rows[1]
 end

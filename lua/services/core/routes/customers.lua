@@ -194,7 +194,7 @@ function _M.register(app, deps)
       end
       local moved, terr = onboarding.transition(tx, id, from, "in_review", reason, ctx.req.id)
       if not moved then return nil, terr or "customer moved" end
-      local v, verr = onboarding.new_verification(tx, id, reason == "verification_started" and "verify" or "document")
+      local v, verr = store:new_verification(tx, id, reason == "verification_started" and "verify" or "document")
       if not v then return nil, verr end
       local _, aerr = ctx:audit(tx, id)
       if aerr then return nil, aerr end
