@@ -89,6 +89,10 @@ describe("customers API", function()
         "parameter_invalid", "registration_number" },
       { "metadata value not a string", function(x) x.metadata = { order = 5 } end,
         "parameter_invalid", "metadata.order" },
+      { "21 metadata keys", function(x)
+          x.metadata = {}
+          for i = 1, 21 do x.metadata["k" .. i] = "v" end
+        end, "parameter_invalid", "metadata" },
       { "unknown field", function(x) x.nickname = "Ada" end, "parameter_unknown", "nickname" },
       -- businesses
       { "business: no business_name", function(x) x.business_name = nil end,

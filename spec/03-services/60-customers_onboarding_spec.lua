@@ -2,6 +2,7 @@
 -- simulator: create, verify, the provider's result polled and applied, documents after
 -- action_required; every change recorded and published; answers checked against the OpenAPI.
 local cf = require "spec.customers_fixture"
+local helpers = require "spec.helpers"
 local openapi = require "spec.openapi"
 local rules = require "nuvion.rules.onboarding"
 local json = require "nuvion.json"
@@ -155,6 +156,23 @@ describe("customers onboarding through the KYC sandbox", function()
                         { type = "passport", number = "P0000" })
     assert.equals(409, doc.status)
     final(c.id, "verified")
+  end)
+
+  it("25 customers sent at once, more than one poll batch, all reach their result", function()
+    local made = {}          -- onboarding.POLL_BATCH is 20
+    local results = helpers.parallel(25, function(i)
+      local number = "P7" .. i .. (i % 3 == 0 and "1111" or "0000")
+      local c = create(cf.individual({ id_document = { type = "passport", number = number } }))
+      verify(c.id)
+      made[i] = c.id
+    end)
+    for i = 1, 25 do
+      assert.is_nil(results[i] and results[i].error)
+      assert.is_string(made[i])
+    end
+    for i = 1, 25 do
+      final(made[i], i % 3 == 0 and "rejected" or "verified")
+    end
   end)
 
   it("the state change log is append-only", function()
