@@ -346,4 +346,33 @@ describe("customers API", function()
     assert.equals(200, cf.call(s.port, "GET", "/v1/customers/" .. c.id, reader).status)
     assert.equals(401, cf.call(s.port, "GET", "/v1/customers", "sk_test_nope").status)
   end)
+
+  describe("without its secrets (not development or test)", function()
+    local core
+
+    lazy_setup(function()
+      -- auth gets its pepper (the development one, so the spec's keys work); the customers do
+      -- not get NUVION_PII_HASH_KEY nor NUVION_KYC_API_KEY
+      core = require("spec.helpers").start_server({ service = "core", env = { NUVION_ENV = "production",
+        NUVION_API_KEY_PEPPER = "nuvion-development-api-key-pepper (never in production)",
+        NUVION_MASTER_KEYS = "k1:" .. crypto.base64_encode(string.rep("k", 32)), NUVION_MASTER_KEY_ID = "k1",
+        NUVION_SERVICE_KEY = crypto.base64url_encode(string.rep("s", 32)) } })
+    end)
+
+    lazy_teardown(function()
+      if core then core:stop() end
+    end)
+
+    it("core boots; the customers routes answer 500 customers_misconfigured and store nothing", function()
+      local before = count(a.id)
+      local res = cf.call(core.port, "POST", "/v1/customers", a.test, cf.individual())
+      assert.equals(500, res.status, res.body)
+      assert.equals("customers_misconfigured", res.data.error.code)
+      assert(openapi.check(res.data, "Error"))
+      assert.equals(500, cf.call(core.port, "GET", "/v1/customers", a.test).status)
+      assert.equals(before, count(a.id))
+      assert.equals(200, cf.call(core.port, "GET", "/v1/api_keys", a.test).status)
+      assert.is_true(#core:logs({ msg = "customers misconfigured" }) >= 1)
+    end)
+  end)
 end)

@@ -66,18 +66,24 @@ end
 
 local function aad(column, id) return "customers." .. column .. ":" .. id end
 
--- The store of one worker: { db, kr, hash_key, kyc, poll_ms }.
+-- The store of one worker: { db, kr, hash_key, kyc, poll_ms }. Without its secrets (outside
+-- development and test: NUVION_MASTER_KEYS, NUVION_PII_HASH_KEY, NUVION_KYC_API_KEY) the store
+-- is made with `misconfigured` set to the reason: core still boots, the customers routes answer
+-- 500 customers_misconfigured (logged) and the poller does not run, as auth does for its keys.
+-- A bad NUVION_KYC_POLL_MS stops the boot (a number out of range is a typo to fix).
 function _M.new(deps)
-  local kr, kerr = auth_config.signing_keyring()
-  if not kr then error("core: customers: " .. tostring(kerr), 0) end
-  local hk, herr = _M.hash_key()
-  if not hk then error("core: customers: " .. herr, 0) end
-  local client, cerr = kyc.from_env()
-  if not client then error("core: customers: " .. cerr, 0) end
   local poll_ms = tonumber(os.getenv("NUVION_KYC_POLL_MS") or "") or 1000
   if poll_ms < 10 or poll_ms > 600000 then error("core: NUVION_KYC_POLL_MS must be from 10 to 600000", 0) end
-  return setmetatable({ db = deps.db, kr = kr, hash_key = hk, kyc = client, poll_ms = poll_ms },
-                      { __index = _M })
+  local store = setmetatable({ db = deps.db, poll_ms = poll_ms }, { __index = _M })
+  local kr, kerr = auth_config.signing_keyring()
+  local hk, herr = _M.hash_key()
+  local client, cerr = kyc.from_env()
+  store.kr, store.hash_key, store.kyc = kr, hk, client
+  store.misconfigured = (not kr and tostring(kerr)) or (not hk and herr) or (not client and cerr) or nil
+  if store.misconfigured then
+    log.error("customers misconfigured", { error = store.misconfigured })
+  end
+  return store
 end
 
 function _M:hash(kind, value) return _M.keyed_hash(self.hash_key, kind, value) end

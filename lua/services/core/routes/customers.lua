@@ -120,10 +120,20 @@ function _M.register(app, deps)
   local db = deps.db
   local store = onboarding.new(deps)
 
-  nuvion.timer.every(store.poll_ms, function()
-    local ok, err = pcall(store.poll_once, store)
-    if not ok then api.log_error("kyc poller failed", err) end
-  end)
+  if not store.misconfigured then
+    nuvion.timer.every(store.poll_ms, function()
+      local ok, err = pcall(store.poll_once, store)
+      if not ok then api.log_error("kyc poller failed", err) end
+    end)
+  end
+  local MISCONFIGURED = errors.new(500, "customers_misconfigured", "Customers are not configured on this "
+    .. "service (the logs say what is missing).")
+  local function guarded(handler)
+    return function(ctx)
+      if store.misconfigured then return MISCONFIGURED end
+      return handler(ctx)
+    end
+  end
 
   local function db_error(err)
     api.log_error("customers query failed", err)
@@ -131,7 +141,7 @@ function _M.register(app, deps)
   end
 
   routes:post("/v1/customers", { scope = "customers:write", schema = _M.CREATE, audit = "customer.create" },
-    function(ctx)
+    guarded(function(ctx)
       local p, b = ctx.principal, ctx.body
       local bad = _M.check_kind(b, today())
       if bad then return bad end
@@ -143,9 +153,9 @@ function _M.register(app, deps)
         if aerr then return nil, aerr end
         return ctx:respond(tx, 201, store:object(row))
       end)
-    end)
+    end))
 
-  routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, function(ctx)
+  routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, guarded(function(ctx)
     local p, args = ctx.principal, ctx.req.args
     local where, qargs = "partner_id = $1 AND mode = $2", { p.partner_id, p.mode }
     for _, f in ipairs({ "email", "phone" }) do
@@ -162,9 +172,9 @@ function _M.register(app, deps)
       args = qargs, url = "/v1/customers" }, ctx.page, function(row) return store:object(row) end)
     if not res then return db_error(err) end
     return 200, res
-  end)
+  end))
 
-  routes:get("/v1/customers/:id", { scope = "customers:read" }, function(ctx)
+  routes:get("/v1/customers/:id", { scope = "customers:read" }, guarded(function(ctx)
     local id, p = ctx.req.params.id, ctx.principal
     if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
     local row, err = store:get(db, p, id)
@@ -175,7 +185,7 @@ function _M.register(app, deps)
     if not hist then return db_error(herr) end
     o.state_changes = hist
     return 200, o
-  end)
+  end))
 
   -- Starts a check: the transition and the verification row commit together, then the check is
   -- sent; a submission that fails or times out stays "submitting" and the poller sends it again
@@ -208,12 +218,13 @@ function _M.register(app, deps)
     return 200, o
   end
 
-  routes:post("/v1/customers/:id/verify", { scope = "customers:write", audit = "customer.verify" }, function(ctx)
+  routes:post("/v1/customers/:id/verify", { scope = "customers:write", audit = "customer.verify" },
+    guarded(function(ctx)
     return start_check(ctx, ctx.req.params.id, "pending", "verification_started")
-  end)
+  end))
 
   routes:post("/v1/customers/:id/documents", { scope = "customers:write", schema = _M.DOCUMENT,
-                                               audit = "customer.document" }, function(ctx)
+                                               audit = "customer.document" }, guarded(function(ctx)
     local id, b = ctx.req.params.id, ctx.body
     -- a business's new document is its registration: its number replaces the one on file
     return start_check(ctx, id, "action_required", "document_submitted", function(tx, row)
@@ -224,7 +235,7 @@ function _M.register(app, deps)
       return tx:query("UPDATE customers SET id_document_enc = $2, id_number_last4 = $3 WHERE id = $1", id,
         store:seal(id, "id_document", { type = b.type, number = b.number, country = b.country }), b.number:sub(-4))
     end)
-  end)
+  end))
 
   _M.store = store
 end
