@@ -175,6 +175,25 @@ describe("customers onboarding through the KYC sandbox", function()
     end
   end)
 
+  it("8 verify requests racing for one customer: one starts the check, the others get 409", function()
+    local c = create(cf.individual())
+    local results = helpers.parallel(8, function()
+      local res = cf.call(s.port, "POST", "/v1/customers/" .. c.id .. "/verify", ptn.test)
+      return { status = res.status, code = res.data.error and res.data.error.code }
+    end)
+    local ok, conflicts = 0, 0
+    for _, r in ipairs(results) do
+      if r.status == 200 then ok = ok + 1 end
+      if r.status == 409 and r.code == "customer_state_invalid" then conflicts = conflicts + 1 end
+    end
+    assert.equals(1, ok)
+    assert.equals(7, conflicts)
+    local n = assert(s.db:query("SELECT count(*)::int AS n FROM customer_verifications WHERE customer_id = $1", c.id))
+    assert.equals(1, n[1].n)
+    local done = final(c.id, "verified")
+    assert.equals(3, #done.state_changes)
+  end)
+
   it("the state change log is append-only", function()
     local c = create(cf.individual())
     local ok, err = s.db:query("DELETE FROM customer_state_changes WHERE customer_id = $1", c.id)
