@@ -194,6 +194,23 @@ describe("customers onboarding through the KYC sandbox", function()
     assert.equals(3, #done.state_changes)
   end)
 
+  it("a check the provider does not know is asked for less and less often, the customer kept in review", function()
+    local c = create(cf.individual())
+    local vid = require("nuvion.api.ids").new("kyc")
+    assert(s.db:query("UPDATE customers SET state = 'in_review' WHERE id = $1", c.id))
+    assert(s.db:query("INSERT INTO customer_verifications (id, customer_id, provider, reason, status, provider_ref) "
+      .. "VALUES ($1, $2, 'sandbox', 'verify', 'submitted', 'chk_00000000deadbeef')", vid, c.id))
+    nuvion.sleep(2500)
+    local v = assert(s.db:query("SELECT attempts, last_error, status, extract(epoch from next_poll_at - updated_at) "
+      .. "AS wait_s FROM customer_verifications WHERE id = $1", vid))[1]
+    assert.equals("submitted", v.status)
+    assert.equals("refused", v.last_error)
+    -- waits 0.5, 1, 2 s ...: 2.5 s hold 2 or 3 fetches, not the 25 of a 100 ms poll
+    assert.is_true(v.attempts >= 2 and v.attempts <= 4, "attempts " .. v.attempts)
+    assert.is_true(tonumber(v.wait_s) >= 1, "wait " .. tostring(v.wait_s))
+    assert.equals("in_review", cf.call(s.port, "GET", "/v1/customers/" .. c.id, ptn.test).data.state)
+  end)
+
   it("the state change log is append-only", function()
     local c = create(cf.individual())
     local ok, err = s.db:query("DELETE FROM customer_state_changes WHERE customer_id = $1", c.id)

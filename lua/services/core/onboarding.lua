@@ -296,9 +296,12 @@ function _M:poll_once()
         if ok == nil then log.warn("kyc result not applied", { verification = v.id, error = tostring(aerr) }) end
       else
         if not check then log.warn("kyc fetch failed", { verification = v.id, code = ferr.code }) end
+        -- a failed fetch counts as an attempt, so that a check the provider lost backs off to
+        -- RETRY_MAX_S instead of being asked for every poll
         self.db:query("UPDATE customer_verifications SET next_poll_at = now() + make_interval(secs => $2), "
-          .. "updated_at = now() WHERE id = $1 AND status = 'submitted'", v.id,
-          check and self.poll_ms / 1000 or retry_in_s(v.attempts + 1))
+          .. "attempts = attempts + $3, last_error = $4, updated_at = now() WHERE id = $1 AND status = 'submitted'",
+          v.id, check and self.poll_ms / 1000 or retry_in_s(v.attempts + 1), check and 0 or 1,
+          not check and ferr.code or nil)
       end
     end
   end
