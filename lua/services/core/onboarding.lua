@@ -150,21 +150,21 @@ end
 function _M:insert(tx, id, p, b, request_id)
   local f = sealed_fields(b)
   local doc = b.id_document
-  local rows, err = tx:query("INSERT INTO customers (id, partner_id, mode, kind, name_enc, date_of_birth_enc, "
-    .. "address_enc, phone_enc, email_enc, id_document_enc, registration_number_enc, directors_enc, "
-    .. "email_hash, phone_hash, id_number_last4, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-    .. "$10, $11, $12, $13, $14, $15, $16) RETURNING " .. _M.COLUMNS,
+  -- the customer and its first state change in one statement (one round trip)
+  local rows, err = tx:query("WITH c AS (INSERT INTO customers (id, partner_id, mode, kind, name_enc, "
+    .. "date_of_birth_enc, address_enc, phone_enc, email_enc, id_document_enc, registration_number_enc, "
+    .. "directors_enc, email_hash, phone_hash, id_number_last4, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+    .. "$8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING " .. _M.COLUMNS .. "), "
+    .. "s AS (INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+    .. "SELECT id, NULL, 'pending', 'created', $17::text FROM c) SELECT * FROM c",
     id, p.partner_id, p.mode, b.kind, self:seal(id, "name", f.name),
     self:seal(id, "date_of_birth", f.date_of_birth), self:seal(id, "address", f.address),
     self:seal(id, "phone", f.phone), self:seal(id, "email", f.email), self:seal(id, "id_document", f.id_document),
     self:seal(id, "registration_number", f.registration_number), self:seal(id, "directors", f.directors),
     self:hash("email", b.email), b.phone and self:hash("phone", b.phone) or nil,
-    doc and doc.number:sub(-4) or nil, b.metadata or {})
+    doc and doc.number:sub(-4) or nil, b.metadata or {}, request_id)
   if not rows then return nil, err end
   local row = rows[1]
-  rows, err = tx:query("INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
-    .. "VALUES ($1, NULL, 'pending', 'created', $2)", id, request_id)
-  if not rows then return nil, err end
   local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.created",
                                        data = event_data(row) })
   if perr then return nil, perr end
