@@ -220,8 +220,8 @@ function _M.register(app, deps)
 
   routes:post("/v1/customers/:id/verify", { scope = "customers:write", audit = "customer.verify" },
     guarded(function(ctx)
-    return start_check(ctx, ctx.req.params.id, "pending", "verification_started")
-  end))
+      return start_check(ctx, ctx.req.params.id, "pending", "verification_started")
+    end))
 
   routes:post("/v1/customers/:id/documents", { scope = "customers:write", schema = _M.DOCUMENT,
                                                audit = "customer.document" }, guarded(function(ctx)
@@ -236,8 +236,6 @@ function _M.register(app, deps)
         store:seal(id, "id_document", { type = b.type, number = b.number, country = b.country }), b.number:sub(-4))
     end)
   end))
-
-  _M.store = store
 end
 
 return _M
