@@ -11,6 +11,7 @@ local api = require "nuvion.api"
 
 local AREAS = {
   "audit_logs",
+  "customers",
   "keys",
   "oauth",
 }

@@ -1,0 +1,325 @@
+-- onboarding.lua -- core's customers: PII sealed at rest, keyed hashes for lookups, the state
+-- machine of onboarding with every change recorded and published, and the KYC provider's
+-- checks (submitted, polled, applied). The routes are routes/customers.lua; docs/customers.md.
+--
+--   pending --verify--> in_review --KYC--> verified | rejected | action_required
+--   action_required --documents--> in_review
+--
+-- Every transition is one transaction: the customer's row (only if it is still in the state the
+-- change starts from), a customer_state_changes row and an outbox event customer.<new state>.
+-- Events carry no PII (the outbox is plain jsonb): id, kind, state, tier, partner, mode.
+local crypto = require "nuvion.crypto"
+local json = require "nuvion.json"
+local log = require "nuvion.log"
+local outbox = require "nuvion.outbox"
+local ids = require "nuvion.api.ids"
+local auth_config = require "nuvion.auth.config"
+local kyc = require "nuvion.providers.kyc"
+local rules = require "nuvion.rules.onboarding"
+
+local type, ipairs, tostring, tonumber, os, error, assert, setmetatable = type, ipairs, tostring,
+  tonumber, os, error, assert, setmetatable
+local min, lower, concat = math.min, string.lower, table.concat
+
+local _M = {}
+
+_M.DEV_HASH_KEY = "nuvion-development-pii-hash-key (never in production)"
+_M.PROVIDER = "sandbox"
+_M.POLL_BATCH = 20
+_M.RETRY_MAX_S = 60
+
+-- from -> to allowed, and what may start from where.
+_M.TRANSITIONS = {
+  pending = { in_review = true },
+  in_review = { verified = true, rejected = true, action_required = true },
+  action_required = { in_review = true },
+}
+
+_M.ENCRYPTED = { "name", "date_of_birth", "address", "phone", "email", "id_document",
+                 "registration_number", "directors" }
+
+_M.COLUMNS = "id, partner_id, mode, kind, state, tier, name_enc, date_of_birth_enc, address_enc, "
+  .. "phone_enc, email_enc, id_document_enc, registration_number_enc, directors_enc, metadata, "
+  .. "extract(epoch from created_at)::bigint AS created, extract(epoch from updated_at)::bigint AS updated"
+
+-- The HMAC key of the email and phone hashes: NUVION_PII_HASH_KEY (at least 32 bytes), or in
+-- development and tests a fixed public one.
+function _M.hash_key()
+  local k = os.getenv("NUVION_PII_HASH_KEY")
+  if k and k ~= "" then
+    if #k < 32 then return nil, "NUVION_PII_HASH_KEY must be at least 32 bytes" end
+    return k
+  end
+  if auth_config.is_development() then return _M.DEV_HASH_KEY end
+  return nil, "NUVION_PII_HASH_KEY is not set (required unless NUVION_ENV is development or test)"
+end
+
+-- Normalised before hashing, so that lookups find what was stored: emails lower-cased and
+-- trimmed, phones without spaces, dashes, dots and parentheses.
+function _M.normal_email(s) return lower((s:gsub("^%s+", ""):gsub("%s+$", ""))) end
+function _M.normal_phone(s) return (s:gsub("[%s%-%.%(%)]", "")) end
+
+function _M.keyed_hash(key, kind, value)
+  local v = kind == "email" and _M.normal_email(value) or _M.normal_phone(value)
+  return crypto.hex_encode(crypto.hmac_sha256(key, kind .. ":" .. v))
+end
+
+local function aad(column, id) return "customers." .. column .. ":" .. id end
+
+-- The store of one worker: { db, kr, hash_key, kyc, poll_ms }. Without its secrets (outside
+-- development and test: NUVION_MASTER_KEYS, NUVION_PII_HASH_KEY, NUVION_KYC_API_KEY) the store
+-- is made with `misconfigured` set to the reason: core still boots, the customers routes answer
+-- 500 customers_misconfigured (logged) and the poller does not run, as auth does for its keys.
+-- A bad NUVION_KYC_POLL_MS stops the boot (a number out of range is a typo to fix).
+function _M.new(deps)
+  local poll_ms = tonumber(os.getenv("NUVION_KYC_POLL_MS") or "") or 1000
+  if poll_ms < 10 or poll_ms > 600000 then error("core: NUVION_KYC_POLL_MS must be from 10 to 600000", 0) end
+  local store = setmetatable({ db = deps.db, poll_ms = poll_ms }, { __index = _M })
+  local kr, kerr = auth_config.signing_keyring()
+  local hk, herr = _M.hash_key()
+  local client, cerr = kyc.from_env()
+  store.kr, store.hash_key, store.kyc = kr, hk, client
+  store.misconfigured = (not kr and tostring(kerr)) or (not hk and herr) or (not client and cerr) or nil
+  if store.misconfigured then
+    log.error("customers misconfigured", { error = store.misconfigured })
+  end
+  return store
+end
+
+function _M:hash(kind, value) return _M.keyed_hash(self.hash_key, kind, value) end
+
+function _M:seal(id, column, value)
+  if value == nil then return nil end
+  if type(value) == "table" then value = assert(json.encode(value)) end
+  return self.kr:encrypt(value, aad(column, id))
+end
+
+function _M:open(id, column, token)
+  if token == nil then return nil end
+  local v, err = self.kr:decrypt(token, aad(column, id))
+  if not v then error("customer " .. id .. ": " .. column .. " does not decrypt: " .. tostring(err), 0) end
+  return v
+end
+
+-- The fields of a body as they are sealed: name (a JSON object), address, id_document, directors
+-- (JSON), the others as text.
+local function sealed_fields(b)
+  local name = b.kind == "business" and { business_name = b.business_name }
+    or { first_name = b.first_name, last_name = b.last_name }
+  return { name = name, date_of_birth = b.date_of_birth, address = b.address, phone = b.phone,
+           email = b.email, id_document = b.id_document, registration_number = b.registration_number,
+           directors = b.directors }
+end
+
+-- The public object of a customer row (PII opened).
+function _M:object(row)
+  local id = row.id
+  local name = json.decode(self:open(id, "name", row.name_enc))
+  local o = { id = id, object = "customer", mode = row.mode, livemode = row.mode == "live",
+              kind = row.kind, state = row.state, tier = row.tier,
+              email = self:open(id, "email", row.email_enc),
+              phone = self:open(id, "phone", row.phone_enc) or json.null,
+              metadata = row.metadata or {}, created = row.created, updated = row.updated }
+  if row.kind == "business" then
+    o.business_name = name.business_name
+    o.registration_number = self:open(id, "registration_number", row.registration_number_enc)
+    o.directors = json.decode(self:open(id, "directors", row.directors_enc) or "[]")
+    o.address = row.address_enc and json.decode(self:open(id, "address", row.address_enc)) or json.null
+  else
+    o.first_name, o.last_name = name.first_name, name.last_name
+    o.date_of_birth = self:open(id, "date_of_birth", row.date_of_birth_enc)
+    o.address = row.address_enc and json.decode(self:open(id, "address", row.address_enc)) or json.null
+    local doc = row.id_document_enc and json.decode(self:open(id, "id_document", row.id_document_enc))
+    if doc then
+      -- the document number is never shown back whole
+      o.id_document = { type = doc.type, country = doc.country or json.null, number_last4 = doc.number:sub(-4) }
+    else
+      o.id_document = json.null
+    end
+  end
+  return o
+end
+
+local function event_data(c)
+  return { id = c.id, object = "customer", kind = c.kind, state = c.state, tier = c.tier,
+           partner = c.partner_id, owner_id = c.partner_id, mode = c.mode }
+end
+
+-- Inserts a customer with its first state change and event customer.created, in tx. Returns the
+-- row as SELECTed back.
+function _M:insert(tx, id, p, b, request_id)
+  local f = sealed_fields(b)
+  local doc = b.id_document
+  -- the customer and its first state change in one statement (one round trip)
+  local rows, err = tx:query("WITH c AS (INSERT INTO customers (id, partner_id, mode, kind, name_enc, "
+    .. "date_of_birth_enc, address_enc, phone_enc, email_enc, id_document_enc, registration_number_enc, "
+    .. "directors_enc, email_hash, phone_hash, id_number_last4, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+    .. "$8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING " .. _M.COLUMNS .. "), "
+    .. "s AS (INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+    .. "SELECT id, NULL, 'pending', 'created', $17::text FROM c) SELECT * FROM c",
+    id, p.partner_id, p.mode, b.kind, self:seal(id, "name", f.name),
+    self:seal(id, "date_of_birth", f.date_of_birth), self:seal(id, "address", f.address),
+    self:seal(id, "phone", f.phone), self:seal(id, "email", f.email), self:seal(id, "id_document", f.id_document),
+    self:seal(id, "registration_number", f.registration_number), self:seal(id, "directors", f.directors),
+    self:hash("email", b.email), b.phone and self:hash("phone", b.phone) or nil,
+    doc and doc.number:sub(-4) or nil, b.metadata or {}, request_id)
+  if not rows then return nil, err end
+  local row = rows[1]
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.created",
+                                       data = event_data(row) })
+  if perr then return nil, perr end
+  return row
+end
+
+-- The customer row of a partner and mode (nil when none: another partner's is none too).
+function _M.get(_, db, p, id, lock)
+  local rows, err = db:query("SELECT " .. _M.COLUMNS .. " FROM customers WHERE id = $1 AND partner_id = $2 "
+    .. "AND mode = $3" .. (lock and " FOR UPDATE" or ""), id, p.partner_id, p.mode)
+  if not rows then return nil, err end
+  return rows[1] or false
+end
+
+-- Moves customer id from `from` to `to` in tx: the row (only while in `from`), the change row
+-- and the event. Returns the updated row, false when the customer was not in `from`, or nil, err.
+function _M.transition(tx, id, from, to, reason, request_id)
+  if not (_M.TRANSITIONS[from] and _M.TRANSITIONS[from][to]) then
+    error("no transition from " .. tostring(from) .. " to " .. tostring(to), 2)
+  end
+  local rows, err = tx:query("UPDATE customers SET state = $3, tier = CASE WHEN $3 = 'verified' THEN "
+    .. "(CASE kind WHEN 'business' THEN $4::int ELSE $5::int END) ELSE 0 END, updated_at = now() "
+    .. "WHERE id = $1 AND state = $2 RETURNING " .. _M.COLUMNS, id, from, to,
+    rules.tier_for("business", "verified"), rules.tier_for("individual", "verified"))
+  if not rows then return nil, err end
+  local row = rows[1]
+  if not row then return false end
+  rows, err = tx:query("INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+    .. "VALUES ($1, $2, $3, $4, $5)", id, from, to, reason, request_id)
+  if not rows then return nil, err end
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer." .. to,
+                                       data = event_data(row) })
+  if perr then return nil, perr end
+  return row
+end
+
+-- A new verification row (status submitting) for customer id, in tx. The poller leaves it
+-- alone until the request's own submission has had its time (the client's timeout and 1 s).
+function _M:new_verification(tx, customer_id, reason)
+  local vid = ids.new("kyc")
+  local rows, err = tx:query("INSERT INTO customer_verifications (id, customer_id, provider, reason, next_poll_at) "
+    .. "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING id, status", vid, customer_id,
+    _M.PROVIDER, reason, self.kyc.timeout_ms / 1000 + 1)
+  if not rows then return nil, err end
+  return rows[1]
+end
+
+-- What the provider is sent for a customer row.
+function _M:payload(vid, row)
+  local id = row.id
+  local name = json.decode(self:open(id, "name", row.name_enc))
+  if row.kind == "business" then
+    return { reference = vid, kind = "business", business_name = name.business_name,
+             registration_number = self:open(id, "registration_number", row.registration_number_enc) }
+  end
+  local doc = row.id_document_enc and json.decode(self:open(id, "id_document", row.id_document_enc)) or nil
+  return { reference = vid, kind = "individual", first_name = name.first_name, last_name = name.last_name,
+           date_of_birth = self:open(id, "date_of_birth", row.date_of_birth_enc), document = doc }
+end
+
+local function retry_in_s(attempts)
+  return min(_M.RETRY_MAX_S, 2 ^ min(attempts, 10) * 0.25)
+end
+
+-- Sends verification vid of customer row to the provider (a retry uses the same reference: the
+-- provider gives back the same check). Records the outcome; returns the verification's status.
+function _M:submit(vid, row)
+  local check, err = self.kyc:submit(self:payload(vid, row))
+  if not check then
+    log.warn("kyc submit failed", { verification = vid, code = err.code, error = err.message })
+    self.db:query("UPDATE customer_verifications SET attempts = attempts + 1, last_error = $2, updated_at = now(), "
+      .. "next_poll_at = now() + make_interval(secs => $3) WHERE id = $1 AND status = 'submitting'",
+      vid, err.code, retry_in_s(1))
+    return "submitting"
+  end
+  local rows = self.db:query("UPDATE customer_verifications SET status = 'submitted', provider_ref = $2, "
+    .. "attempts = attempts + 1, last_error = NULL, updated_at = now(), "
+    .. "next_poll_at = now() + make_interval(secs => $3) WHERE id = $1 AND status = 'submitting'",
+    vid, check.id, self.poll_ms / 1000)
+  if not rows then return "submitting" end
+  return "submitted"
+end
+
+-- Applies a final result of the provider to verification v (id, customer_id): the
+-- verification's status and the customer's transition, one transaction. true when applied.
+function _M:apply(v, check)
+  local to = check.result
+  return self.db:tx(function(tx)
+    local rows, err = tx:query("UPDATE customer_verifications SET status = $2, result_codes = $3, updated_at = now(), "
+      .. "completed_at = now() WHERE id = $1 AND status = 'submitted' RETURNING customer_id", v.id, to,
+      "{" .. concat(check.result_codes, ",") .. "}")
+    if not rows then return nil, err end
+    if not rows[1] then return false end         -- applied already (another poller)
+    local codes = #check.result_codes > 0 and (":" .. concat(check.result_codes, ",")) or ""
+    local row, terr = _M.transition(tx, v.customer_id, "in_review", to, ("kyc_" .. to .. codes):sub(1, 200), nil)
+    if row == nil then return nil, terr end
+    if row == false then
+      log.warn("kyc result for a customer not in review", { verification = v.id, customer = v.customer_id })
+    end
+    return true
+  end)
+end
+
+-- One round of the poller: verifications due (a lease pushes next_poll_at so that two workers
+-- do not take the same one), resubmitted or fetched. Returns how many were looked at.
+function _M:poll_once()
+  local due, err = self.db:query("UPDATE customer_verifications SET next_poll_at = now() + interval '30 seconds' "
+    .. "WHERE id IN (SELECT id FROM customer_verifications WHERE status IN ('submitting', 'submitted') "
+    .. "AND next_poll_at <= now() ORDER BY next_poll_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    .. "RETURNING id, customer_id, status, provider_ref, attempts", _M.POLL_BATCH)
+  if not due then
+    log.warn("kyc poll failed", { error = tostring(err) })
+    return 0
+  end
+  for _, v in ipairs(due) do
+    if v.status == "submitting" then
+      local rows = self.db:query("SELECT " .. _M.COLUMNS .. " FROM customers WHERE id = $1", v.customer_id)
+      if rows and rows[1] then
+        local st = self:submit(v.id, rows[1])
+        if st == "submitting" then
+          self.db:query("UPDATE customer_verifications SET next_poll_at = now() + make_interval(secs => $2) "
+            .. "WHERE id = $1", v.id, retry_in_s(v.attempts + 1))
+        end
+      end
+    else
+      local check, ferr = self.kyc:fetch(v.provider_ref)
+      if check and check.result then
+        local ok, aerr = self:apply(v, check)
+        if ok == nil then log.warn("kyc result not applied", { verification = v.id, error = tostring(aerr) }) end
+      else
+        if not check then log.warn("kyc fetch failed", { verification = v.id, code = ferr.code }) end
+        -- a failed fetch counts as an attempt, so that a check the provider lost backs off to
+        -- RETRY_MAX_S instead of being asked for every poll
+        self.db:query("UPDATE customer_verifications SET next_poll_at = now() + make_interval(secs => $2), "
+          .. "attempts = attempts + $3, last_error = $4, updated_at = now() WHERE id = $1 AND status = 'submitted'",
+          v.id, check and self.poll_ms / 1000 or retry_in_s(v.attempts + 1), check and 0 or 1,
+          not check and ferr.code or nil)
+      end
+    end
+  end
+  return #due
+end
+
+-- The customer's state changes, oldest first.
+function _M.history(db, id)
+  local rows, err = db:query("SELECT from_state, to_state, reason, request_id, "
+    .. "extract(epoch from created_at)::bigint AS at FROM customer_state_changes WHERE customer_id = $1 "
+    .. "ORDER BY id", id)
+  if not rows then return nil, err end
+  local out = {}
+  for i, r in ipairs(rows) do
+    out[i] = { from = r.from_state or json.null, to = r.to_state, reason = r.reason,
+               request_id = r.request_id or json.null, at = r.at }
+  end
+  return out
+end
+
+return _M

@@ -1,0 +1,241 @@
+-- routes/customers.lua -- a partner's customers and their onboarding (docs/customers.md).
+-- Every route works within the caller's partner and mode: another partner's customer, or one of
+-- the other mode, is 404 as one that does not exist.
+--
+--   POST /v1/customers                 the customer (individual or business)      customers:write
+--   GET  /v1/customers                 ?email&phone&limit&starting_after&ending_before  customers:read
+--   GET  /v1/customers/:id                                                        customers:read
+--   POST /v1/customers/:id/verify      pending -> in_review, check sent to KYC    customers:write
+--   POST /v1/customers/:id/documents   action_required -> in_review, new document customers:write
+--
+-- KYC results are polled from the provider by a timer of each worker (NUVION_KYC_POLL_MS).
+local api = require "nuvion.api"
+local nuvion = require "nuvion"
+local onboarding = require "onboarding"
+
+local type, ipairs, tonumber, pcall, os = type, ipairs, tonumber, pcall, os
+local errors, ids, list = api.errors, api.ids, api.list
+
+local _M = {}
+
+local NAME = { type = "string", min_length = 1, max_length = 100 }
+local DATE = { type = "string", pattern = "^%d%d%d%d%-%d%d%-%d%d$", pattern_message = "must be a date YYYY-MM-DD",
+               description = "YYYY-MM-DD.", example = "1990-04-12" }
+local COUNTRY = { type = "string", pattern = "^%u%u$", pattern_message = "must be an ISO 3166-1 alpha-2 code",
+                  example = "GB" }
+local DOC_TYPE = { type = "string", required = true, enum = { "passport", "id_card", "driving_licence" } }
+local DOC_NUMBER = { type = "string", required = true, min_length = 4, max_length = 40, pattern = "^[%w%-]+$",
+                     pattern_message = "must be letters, digits and dashes" }
+
+_M.ADDRESS = { type = "object", properties = {
+  line1 = { type = "string", required = true, max_length = 200 },
+  line2 = { type = "string", max_length = 200 },
+  city = { type = "string", required = true, max_length = 100 },
+  postal_code = { type = "string", required = true, max_length = 20 },
+  country = { type = "string", required = true, pattern = "^%u%u$",
+              pattern_message = "must be an ISO 3166-1 alpha-2 code" },
+} }
+
+_M.ID_DOCUMENT = { type = "object", properties = {
+  type = DOC_TYPE, number = DOC_NUMBER, country = COUNTRY,
+} }
+
+_M.CREATE = { type = "object", properties = {
+  kind = { type = "string", enum = { "individual", "business" }, default = "individual" },
+  first_name = NAME, last_name = NAME,
+  date_of_birth = DATE,
+  email = { type = "string", required = true, max_length = 254, pattern = "^[^@%s]+@[^@%s]+%.[^@%s]+$",
+            pattern_message = "must be an email address", example = "ada@example.com" },
+  phone = { type = "string", min_length = 8, max_length = 20, pattern = "^%+[%d%s%-%.%(%)]+$",
+            pattern_message = "must be an international number starting with +", example = "+447700900123" },
+  address = _M.ADDRESS,
+  id_document = _M.ID_DOCUMENT,
+  business_name = { type = "string", min_length = 1, max_length = 200 },
+  registration_number = { type = "string", min_length = 4, max_length = 40, pattern = "^[%w%-]+$",
+                          pattern_message = "must be letters, digits and dashes" },
+  directors = { type = "array", min_items = 1, max_items = 10, items = { type = "object", properties = {
+    first_name = { type = "string", required = true, min_length = 1, max_length = 100 },
+    last_name = { type = "string", required = true, min_length = 1, max_length = 100 },
+    date_of_birth = DATE,
+  } } },
+  metadata = { type = "object", max_properties = 20, additional_properties = { type = "string", max_length = 500 } },
+} }
+
+_M.DOCUMENT = { type = "object", properties = {
+  type = DOC_TYPE, number = DOC_NUMBER, country = COUNTRY,
+} }
+
+-- Fields each kind needs, and fields that belong to the other kind only.
+_M.REQUIRED = {
+  individual = { "first_name", "last_name", "date_of_birth", "id_document" },
+  business = { "business_name", "registration_number", "directors" },
+}
+_M.FOREIGN = {
+  individual = { "business_name", "registration_number", "directors" },
+  business = { "first_name", "last_name", "date_of_birth", "id_document" },
+}
+
+local DAYS = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+
+-- A real calendar date, not in the future, after 1900.
+local function valid_date(s, today)
+  local y, m, d = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)$")
+  y, m, d = tonumber(y), tonumber(m), tonumber(d)
+  if not y or m < 1 or m > 12 or d < 1 or d > DAYS[m] then return false end
+  if m == 2 and d == 29 and not (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) then return false end
+  return y >= 1900 and s <= today
+end
+
+-- The checks a schema cannot say: what the kind needs, real dates. nil or an outcome.
+function _M.check_kind(b, today)
+  for _, f in ipairs(_M.REQUIRED[b.kind]) do
+    if b[f] == nil then return errors.missing(f) end
+  end
+  for _, f in ipairs(_M.FOREIGN[b.kind]) do
+    if b[f] ~= nil then
+      return errors.invalid("parameter_invalid", f .. " is not a field of " .. b.kind .. " customers.", f)
+    end
+  end
+  if b.date_of_birth and not valid_date(b.date_of_birth, today) then
+    return errors.invalid("parameter_invalid", "date_of_birth must be a past date from 1900 on.", "date_of_birth")
+  end
+  for i, d in ipairs(b.directors or {}) do
+    if d.date_of_birth and not valid_date(d.date_of_birth, today) then
+      local param = "directors[" .. (i - 1) .. "].date_of_birth"
+      return errors.invalid("parameter_invalid", param .. " must be a past date from 1900 on.", param)
+    end
+  end
+  return nil
+end
+
+local function today() return os.date("!%Y-%m-%d", nuvion.now()) end
+
+local function state_conflict(id, state, wanted)
+  return errors.new(409, "customer_state_invalid", "Customer " .. id .. " is " .. state .. "; this needs "
+    .. wanted .. ".", "id", "invalid_request_error")
+end
+
+function _M.register(app, deps)
+  local routes = api.new(app, deps)
+  local db = deps.db
+  local store = onboarding.new(deps)
+
+  if not store.misconfigured then
+    nuvion.timer.every(store.poll_ms, function()
+      local ok, err = pcall(store.poll_once, store)
+      if not ok then api.log_error("kyc poller failed", err) end
+    end)
+  end
+  local MISCONFIGURED = errors.new(500, "customers_misconfigured", "Customers are not configured on this "
+    .. "service (the logs say what is missing).")
+  local function guarded(handler)
+    return function(ctx)
+      if store.misconfigured then return MISCONFIGURED end
+      return handler(ctx)
+    end
+  end
+
+  local function db_error(err)
+    api.log_error("customers query failed", err)
+    return errors.unavailable()
+  end
+
+  routes:post("/v1/customers", { scope = "customers:write", schema = _M.CREATE, audit = "customer.create" },
+    guarded(function(ctx)
+      local p, b = ctx.principal, ctx.body
+      local bad = _M.check_kind(b, today())
+      if bad then return bad end
+      local id = ids.new("cus")
+      return db:tx(function(tx)
+        local row, err = store:insert(tx, id, p, b, ctx.req.id)
+        if not row then return nil, err end
+        local _, aerr = ctx:audit(tx, id)
+        if aerr then return nil, aerr end
+        return ctx:respond(tx, 201, store:object(row))
+      end)
+    end))
+
+  routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, guarded(function(ctx)
+    local p, args = ctx.principal, ctx.req.args
+    local where, qargs = "partner_id = $1 AND mode = $2", { p.partner_id, p.mode }
+    for _, f in ipairs({ "email", "phone" }) do
+      local v = args[f]
+      if v ~= nil then
+        if type(v) ~= "string" or v == "" or #v > 254 then
+          return errors.invalid("parameter_invalid", f .. " must be given once, 1 to 254 characters.", f)
+        end
+        qargs[#qargs + 1] = store:hash(f, v)
+        where = where .. " AND " .. f .. "_hash = $" .. #qargs
+      end
+    end
+    local res, err = list.fetch(db, { from = "customers", columns = onboarding.COLUMNS, where = where,
+      args = qargs, url = "/v1/customers" }, ctx.page, function(row) return store:object(row) end)
+    if not res then return db_error(err) end
+    return 200, res
+  end))
+
+  routes:get("/v1/customers/:id", { scope = "customers:read" }, guarded(function(ctx)
+    local id, p = ctx.req.params.id, ctx.principal
+    if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
+    local row, err = store:get(db, p, id)
+    if row == nil then return db_error(err) end
+    if not row then return errors.not_found("customer", id) end
+    local o = store:object(row)
+    local hist, herr = onboarding.history(db, id)
+    if not hist then return db_error(herr) end
+    o.state_changes = hist
+    return 200, o
+  end))
+
+  -- Starts a check: the transition and the verification row commit together, then the check is
+  -- sent; a submission that fails or times out stays "submitting" and the poller sends it again
+  -- (same reference: the provider answers the same check).
+  local function start_check(ctx, id, from, reason, before)
+    local p = ctx.principal
+    if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
+    local out, err = db:tx(function(tx)
+      local row, gerr = store:get(tx, p, id, true)
+      if row == nil then return nil, gerr end
+      if not row then return errors.not_found("customer", id) end
+      if row.state ~= from then return state_conflict(id, row.state, from) end
+      if before then
+        local _, berr = before(tx, row)
+        if berr then return nil, berr end
+      end
+      local moved, terr = onboarding.transition(tx, id, from, "in_review", reason, ctx.req.id)
+      if not moved then return nil, terr or "customer moved" end
+      local v, verr = store:new_verification(tx, id, reason == "verification_started" and "verify" or "document")
+      if not v then return nil, verr end
+      local _, aerr = ctx:audit(tx, id)
+      if aerr then return nil, aerr end
+      return { row = moved, verification = v }
+    end)
+    if not out then return db_error(err) end
+    if errors.is_outcome(out) then return out end
+    local status = store:submit(out.verification.id, out.row)
+    local o = store:object(out.row)
+    o.verification = { id = out.verification.id, object = "verification", status = status }
+    return 200, o
+  end
+
+  routes:post("/v1/customers/:id/verify", { scope = "customers:write", audit = "customer.verify" },
+    guarded(function(ctx)
+      return start_check(ctx, ctx.req.params.id, "pending", "verification_started")
+    end))
+
+  routes:post("/v1/customers/:id/documents", { scope = "customers:write", schema = _M.DOCUMENT,
+                                               audit = "customer.document" }, guarded(function(ctx)
+    local id, b = ctx.req.params.id, ctx.body
+    -- a business's new document is its registration: its number replaces the one on file
+    return start_check(ctx, id, "action_required", "document_submitted", function(tx, row)
+      if row.kind == "business" then
+        return tx:query("UPDATE customers SET registration_number_enc = $2 WHERE id = $1", id,
+                        store:seal(id, "registration_number", b.number))
+      end
+      return tx:query("UPDATE customers SET id_document_enc = $2, id_number_last4 = $3 WHERE id = $1", id,
+        store:seal(id, "id_document", { type = b.type, number = b.number, country = b.country }), b.number:sub(-4))
+    end)
+  end))
+end
+
+return _M
