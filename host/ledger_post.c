@@ -811,11 +811,17 @@ static void build_transfer_load(lp_slot *s, lp_pipe *p) {
     for (uint32_t i = 0; i < k; i++)
         if (ids[i] != 0 && ids[i] != NV_LEDGER_U128_MAX) arr_u128(s, ids[i]);
     arr_end(s);
-    arr_begin(s);
-    for (uint32_t i = 0; i < n; i++)
-        if (s->tr[i].pending_id != 0 && s->tr[i].pending_id != NV_LEDGER_U128_MAX) arr_u128(s, s->tr[i].pending_id);
-    arr_end(s);
-    pipe_add(p, SQL_LOCK_FOR_TRANSFERS, 2);
+    uint32_t pending = 0;
+    for (uint32_t i = 0; i < n; i++) pending += s->tr[i].pending_id != 0 && s->tr[i].pending_id != NV_LEDGER_U128_MAX;
+    if (pending > 0) {
+        arr_begin(s);
+        for (uint32_t i = 0; i < n; i++)
+            if (s->tr[i].pending_id != 0 && s->tr[i].pending_id != NV_LEDGER_U128_MAX) arr_u128(s, s->tr[i].pending_id);
+        arr_end(s);
+        pipe_add(p, SQL_LOCK_FOR_TRANSFERS, 2);
+    } else {
+        pipe_add(p, SQL_LOCK_ACCOUNTS, 1); /* no post or void: no hold's accounts to add */
+    }
     /* transfers: ids and pending ids */
     k = nv_ledger_transfer_ids_needed(s->tr, n, ids);
     arr_begin(s);
