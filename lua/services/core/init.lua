@@ -13,6 +13,7 @@ local AREAS = {
   "audit_logs",
   "keys",
   "oauth",
+  "wallets",
 }
 
 local deps = require("deps").new()
