@@ -180,8 +180,8 @@ describe("core wallets", function()
       .. "WHERE from_wallet = $1", src.id))
     assert.equals(moved, rows[1].n)
     assert.equals(tostring(moved * AMOUNT), rows[1].s)
-    local ev = assert(db:query("SELECT count(*)::int AS n FROM outbox o JOIN wallet_transfers t ON t.id = o.aggregate_id "
-      .. "WHERE t.from_wallet = $1", src.id))
+    local ev = assert(db:query("SELECT count(*)::int AS n FROM outbox o "
+      .. "JOIN wallet_transfers t ON t.id = o.aggregate_id WHERE t.from_wallet = $1", src.id))
     assert.equals(moved, ev[1].n)
   end)
 
