@@ -4,7 +4,7 @@
 #   . var/dev/env && bin/nuvion migrate --all && bench/core/wallets.sh [seconds] [connections]
 # Starts core on a free port, makes a test key (bootstrap --new-key), PAIRS wallet pairs funded
 # through the test helper, runs wrk (2 threads, each on its own pair), checks the ledger sums,
-# stops core (by its pid).
+# stops core (by its pid). AUTH=token authenticates with an access token instead of the key.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION=${1:-10}
@@ -28,9 +28,15 @@ for _ in 1 2; do
     post "/v1/test_helpers/wallets/$a/fund" '{"amount":100000000}' >/dev/null
     WALLETS="$WALLETS $a,$b"
 done
+# AUTH=token: an access token (checked locally, no key lookup in the database) instead of the key
+BEARER=$SECRET
+if [ "${AUTH:-key}" = token ]; then
+    BEARER=$(curl -sf "localhost:$PORT/v1/oauth/token" -u "$SECRET:" -d grant_type=client_credentials | jq -r .access_token)
+fi
+SECRET=$BEARER
 export SECRET WALLETS
 
-echo "POST /v1/transfers, wrk -t2 -c$CONNS -d${DURATION}s, core with 2 workers, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "POST /v1/transfers (${AUTH:-key}), wrk -t2 -c$CONNS -d${DURATION}s, core with 2 workers, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s bench/core/wallets_wrk.lua "http://127.0.0.1:$PORT" \
     | grep -E 'Requests/sec|50%|99%|Non-2xx|requests in|Socket errors'
 moved=0

@@ -240,10 +240,10 @@ function _M.register(app, deps)
     if b.from_wallet == b.to_wallet then
       return errors.invalid("same_wallet", "A transfer needs two different wallets.", "to_wallet")
     end
-    local from, ferr = model.load(db, b.from_wallet, p)
-    if not from then return ferr or errors.not_found("wallet", b.from_wallet, "from_wallet") end
-    local to, terr = model.load(db, b.to_wallet, p)
-    if not to then return terr or errors.not_found("wallet", b.to_wallet, "to_wallet") end
+    local from, to, lderr = model.load_pair(db, b.from_wallet, b.to_wallet, p)
+    if lderr then return lderr end
+    if not from then return errors.not_found("wallet", b.from_wallet, "from_wallet") end
+    if not to then return errors.not_found("wallet", b.to_wallet, "to_wallet") end
     if from.asset ~= to.asset then
       return errors.invalid("currency_mismatch", "Both wallets must hold the same currency ("
         .. from.asset .. " and " .. to.asset .. ").", "to_wallet")

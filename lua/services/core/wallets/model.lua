@@ -134,6 +134,19 @@ function _M.load(db, id, p)
   return with_settlement(rows[1])
 end
 
+-- Two wallets of the partner and mode in one query: a, b (either nil when not found), or nil,
+-- nil, outcome when the database failed.
+function _M.load_pair(db, a, b, p)
+  local rows = db:query("SELECT " .. WALLET_COLUMNS .. " FROM wallets WHERE id IN ($1, $2) AND partner_id = $3 "
+    .. "AND mode = $4", a, b, p.partner_id, p.mode)
+  if not rows then return nil, nil, errors.unavailable() end
+  local wa, wb
+  for _, row in ipairs(rows) do
+    if row.id == a then wa = with_settlement(row) elseif row.id == b then wb = with_settlement(row) end
+  end
+  return wa, wb
+end
+
 -- Balances of a wallet as the API shows them.
 function _M.balance(lg, w)
   local b, err = lg:balances(w.ledger_account_id, { normal = "credit" })
