@@ -265,6 +265,24 @@ describe("core wallets", function()
     assert.equals(0, assert(lg:balances(w.ledger_account_id)).available)
   end)
 
+  it("checks a customer owner against the customers table once core has one", function()
+    local cus = "cus_01jd8x3v9k0000a7c2m4q8r6tw"
+    local has = assert(db:query("SELECT to_regclass('customers') IS NOT NULL AS present"))[1].present
+    local res = wx.post(port, "/v1/wallets", secret, { currency = "EUR", customer = cus })
+    if has then
+      -- no such customer of this partner
+      assert.equals(404, res.status, res.body)
+      assert.equals("customer", res.data.error.param)
+    else
+      -- until the customers area lands, a well-formed id is kept as it is
+      assert.equals(200, res.status, res.body)
+      assert.same({ type = "customer", id = cus }, res.data.owner)
+    end
+    local bad = wx.post(port, "/v1/wallets", secret, { currency = "EUR", customer = "ptn_x" })
+    assert.equals(400, bad.status)
+    assert.equals("customer", bad.data.error.param)
+  end)
+
   it("funds once per Idempotency-Key", function()
     local a = wx.wallet(port, secret)
     wx.fund(port, secret, a.id, 500, "fund-key")

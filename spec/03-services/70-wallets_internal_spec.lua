@@ -125,9 +125,14 @@ describe("core internal wallet routes", function()
 
     -- the statement sums to the balance, captures included
     local st = wx.get(port, "/v1/wallets/" .. w.id .. "/statement?limit=100", secret)
-    local sum = 0
-    for _, e in ipairs(st.data.data) do sum = sum + (e.direction == "credit" and e.amount or -e.amount) end
+    assert(require("spec.openapi").check(st.data, "WalletStatement"))
+    local sum, types = 0, {}
+    for _, e in ipairs(st.data.data) do
+      sum = sum + (e.direction == "credit" and e.amount or -e.amount)
+      types[#types + 1] = e.type
+    end
     assert.equals(750, sum)
+    assert.same({ "credit", "capture", "capture" }, types)
   end)
 
   it("maps every ledger transfer result to an API error", function()

@@ -134,7 +134,7 @@ end
 
 local function entry_object(e)
   local ts = tostring(e.timestamp)
-  return { id = ts, object = "wallet_entry", type = model.TRANSFER_KINDS[e.code] or "other",
+  return { id = ts, object = "wallet_entry", type = model.ENTRY_TYPES[e.code] or "other",
            direction = e.direction, amount = e.amount, balance = e.posted, available = e.available,
            pending = e.pending, ledger_transfer_id = tostring(e.transfer_id),
            created = tonumber(sub(ts, 1, -10)) or 0 }

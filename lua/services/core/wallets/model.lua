@@ -24,8 +24,8 @@ _M.CODE_SETTLEMENT = 20
 _M.TRANSFER_CODES = {        -- ledger transfer codes, and back
   transfer = 1, fund = 2, hold = 3, credit = 4, debit = 5,
 }
-_M.TRANSFER_KINDS = {}
-for k, v in pairs(_M.TRANSFER_CODES) do _M.TRANSFER_KINDS[v] = k end
+-- a statement entry's type by its code: a hold is never an entry, its capture (same code) is
+_M.ENTRY_TYPES = { "transfer", "fund", "capture", "credit", "debit" }
 
 local WALLET_FLAGS = { "debits_must_not_exceed_credits", "history" }
 
