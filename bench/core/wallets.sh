@@ -12,9 +12,10 @@ CONNS=${2:-32}
 PORT=${PORT:-$(( 20000 + RANDOM % 10000 ))}
 export NUVION_ENV=development NUVION_CORE_RATE_PER_S=1000000 NUVION_CORE_RATE_BURST=1000000
 
-PORT=$PORT WEB_CONCURRENCY=2 bin/nuvion serve core >/tmp/nuvion-wallets-bench.$$.log 2>&1 &
+LOG=$(mktemp)
+PORT=$PORT WEB_CONCURRENCY=2 bin/nuvion serve core >"$LOG" 2>&1 &
 SRV=$!
-trap 'kill "$SRV" 2>/dev/null || true' EXIT
+trap 'kill "$SRV" 2>/dev/null || true; rm -f "$LOG"' EXIT
 for _ in $(seq 1 100); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 0.1; done
 
 SECRET=$(bin/nuvion run lua/bin/bootstrap.lua --new-key 2>&1 | grep -oE 'sk_test_[0-9A-Za-z]{43}' | head -1)
