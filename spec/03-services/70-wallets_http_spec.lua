@@ -143,6 +143,23 @@ describe("core wallets", function()
     assert.matches("exists_with_different_amount", conflict.data.error.message)
   end)
 
+  it("recovers a transfer the ledger committed before core crashed: the retry writes its row once", function()
+    local model = require "lua.services.core.wallets.model"
+    local a, b = wx.wallet(port, secret), wx.wallet(port, secret)
+    wx.fund(port, secret, a.id, 1000)
+    local key = "crash-" .. nuvion.random_hex(8)
+    -- what the first run did before dying: the ledger transfer under the key's id, no core row
+    local lid = model.ledger_id("transfer:" .. partner .. ":test:" .. key)
+    assert.equals("ok", lg:transfer({ id = lid, debit_account_id = a.ledger_account_id,
+      credit_account_id = b.ledger_account_id, amount = 250, ledger = a.ledger, code = 1 }))
+    local res = transfer(a.id, b.id, 250, key)
+    assert.equals(200, res.status, res.body)
+    assert.equals(lid, res.data.ledger_transfer_id)
+    assert.equals(750, balance(a.id).available)          -- moved once
+    local ev = assert(db:query("SELECT count(*)::int AS n FROM outbox WHERE aggregate_id = $1", res.data.id))
+    assert.equals(1, ev[1].n)
+  end)
+
   it("lets racing transfers from one wallet neither overdraw nor double spend", function()
     local src = wx.wallet(port, secret)
     local N, FUND, AMOUNT = 60, 1000, 37
