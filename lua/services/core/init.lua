@@ -14,6 +14,7 @@ local AREAS = {
   "customers",
   "keys",
   "oauth",
+  "wallets",
 }
 
 local deps = require("deps").new()
