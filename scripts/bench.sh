@@ -23,12 +23,16 @@ bench/http/run.sh || status=1
 for dir in bench/*/; do
     name=$(basename "$dir")
     [ "$name" = http ] || [ "$name" = results ] && continue
+    # the results file keeps the tables, not the JSON log lines the runs print beside them
+    tmp=$(mktemp)
     if [ -x "$dir/run.sh" ]; then
         printf '\n== %s: %s\n' "$(echo "$name" | tr a-z A-Z)" "$dir"run.sh | tee -a "$OUT"
-        "$dir/run.sh" | tee -a "$OUT" || status=1
+        "$dir/run.sh" | tee "$tmp" || status=1
     elif [ -f "$dir/run.lua" ]; then
         printf '\n== %s: bin/nuvion run %srun.lua\n' "$(echo "$name" | tr a-z A-Z)" "$dir" | tee -a "$OUT"
-        bin/nuvion run "$dir/run.lua" | tee -a "$OUT" || status=1
+        bin/nuvion run "$dir/run.lua" | tee "$tmp" || status=1
     fi
+    grep -v '^{"ts":' "$tmp" >> "$OUT" || true
+    rm -f "$tmp"
 done
 exit "$status"
