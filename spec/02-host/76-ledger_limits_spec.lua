@@ -112,6 +112,28 @@ describe("nuvion.ledger limits", function()
     assert.equal("ok", slow:transfer(xfer(id, acc[1], acc[2], 1)))
   end)
 
+  it("a conflict re-runs the batch at most 3 times, then fails it whole", function()
+    -- a hold row without its transfer (injected): every run of the batch that creates that
+    -- hold meets a unique violation on ledger_holds, a conflict the engine retries
+    local own = ledger.open(URL, { inflight = 1, sweep_ms = 0 })
+    local id = ids(1)[1]
+    assert(db:query("INSERT INTO ledger_holds (id, debit_account_id, credit_account_id, status, expires_at) " ..
+                    "VALUES ($1, $2, $3, 1, NULL)", id, acc[1], acc[2]))
+    local before = own:stats()
+    local hold = xfer(id, acc[1], acc[2], 1)
+    hold.pending = true
+    local r, err = own:transfer(hold)
+    local after = own:stats()
+    assert(db:query("DELETE FROM ledger_holds WHERE id = $1", id))
+    assert.is_nil(r)
+    assert.equal("ledger_unavailable", err.code)
+    assert.matches("23505", err.message, 1, true)
+    assert.equal(3, after.retries - before.retries)
+    assert.equal(1, after.failed_batches - before.failed_batches)
+    local rows = assert(db:query("SELECT count(*) AS n FROM ledger_transfers WHERE id = $1", id))
+    assert.equal(0, rows[1].n)
+  end)
+
   it("a database that cannot be reached answers ledger_unavailable", function()
     -- port 1: nothing listens there, the connection is refused at once
     local down = ledger.open("postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2")
