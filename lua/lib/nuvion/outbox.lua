@@ -50,17 +50,18 @@ end
 -- the aggregate first, so two transactions publishing for one aggregate commit in the order
 -- of their seq: the relay's order by seq is then the commit order per aggregate.
 function _M.publish(tx, event)
-  if type(tx) ~= "table" or type(tx.query) ~= "function" then error("publish needs the transaction (tx)", 2) end
+  if type(tx) ~= "table" or type(tx.pipeline) ~= "function" then error("publish needs the transaction (tx)", 2) end
   check_event(event)
   local id = event.id or ids.new("evt")
-  local rows, err = tx:query(
-    "SELECT pg_advisory_xact_lock(hashtextextended($1, 7277826171))",
-    event.aggregate_type .. ":" .. event.aggregate_id)
-  if not rows then return nil, err end
-  rows, err = tx:query(
-    "INSERT INTO outbox (id, aggregate_type, aggregate_id, type, data) VALUES ($1, $2, $3, $4, $5)",
-    id, event.aggregate_type, event.aggregate_id, event.type, event.data)
-  if not rows then return nil, err end
+  -- the lock and the insert in one round trip (a pipeline on the transaction's connection): the
+  -- server still takes the lock before it runs the insert, and the transaction decides the rest
+  local res, err = tx:pipeline({
+    { "SELECT pg_advisory_xact_lock(hashtextextended($1, 7277826171))",
+      event.aggregate_type .. ":" .. event.aggregate_id },
+    { "INSERT INTO outbox (id, aggregate_type, aggregate_id, type, data) VALUES ($1, $2, $3, $4, $5)",
+      id, event.aggregate_type, event.aggregate_id, event.type, event.data },
+  })
+  if not res or err then return nil, err end
   return id
 end
 
