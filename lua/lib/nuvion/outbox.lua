@@ -50,17 +50,25 @@ end
 -- the aggregate first, so two transactions publishing for one aggregate commit in the order
 -- of their seq: the relay's order by seq is then the commit order per aggregate.
 function _M.publish(tx, event)
-  if type(tx) ~= "table" or type(tx.query) ~= "function" then error("publish needs the transaction (tx)", 2) end
+  if type(tx) ~= "table" or type(tx.pipeline) ~= "function" then error("publish needs the transaction (tx)", 2) end
   check_event(event)
   local id = event.id or ids.new("evt")
-  local rows, err = tx:query(
-    "SELECT pg_advisory_xact_lock(hashtextextended($1, 7277826171))",
-    event.aggregate_type .. ":" .. event.aggregate_id)
-  if not rows then return nil, err end
-  rows, err = tx:query(
-    "INSERT INTO outbox (id, aggregate_type, aggregate_id, type, data) VALUES ($1, $2, $3, $4, $5)",
-    id, event.aggregate_type, event.aggregate_id, event.type, event.data)
-  if not rows then return nil, err end
+  local lock = { "SELECT pg_advisory_xact_lock(hashtextextended($1, 7277826171))",
+                 event.aggregate_type .. ":" .. event.aggregate_id, n = 1 }
+  local insert = { "INSERT INTO outbox (id, aggregate_type, aggregate_id, type, data) VALUES ($1, $2, $3, $4, $5)",
+                   id, event.aggregate_type, event.aggregate_id, event.type, event.data, n = 5 }
+  -- in a pool:tx the lock is taken now (a later transaction of the aggregate waits for this one
+  -- from here on: commit order) and the insert goes with the transaction's next statement or
+  -- its COMMIT (tx:defer), still under the lock; its failure rolls the transaction back
+  if type(tx.defer) == "function" then
+    local rows, err = tx:query(lock)
+    if not rows then return nil, err end
+    tx:defer(insert)
+    return id
+  end
+  -- else the lock and the insert in one round trip (one implicit transaction)
+  local res, err = tx:pipeline({ lock, insert })
+  if not res or err then return nil, err end
   return id
 end
 

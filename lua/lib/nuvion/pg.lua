@@ -42,6 +42,7 @@ local ERR_TX_NESTED = "pg: a transaction handle is not a pool: tx:tx() is not su
 local _M = {
   null = json.null, -- a NULL parameter that can sit in a table (nil cannot)
   int = json.int,   -- exact integers beyond 2^53 (int8, numeric(38,0))
+  DEFER_MAX = 100,  -- statements a transaction may hold back at once (tx:defer)
 }
 
 -- SQLSTATE -> condition name, all of Postgres 15's errcodes.txt (a class code such as "23000"
@@ -304,12 +305,75 @@ local function tx_check(tx)
   if tx.done then error(ERR_TX_FINISHED, 3) end
 end
 
+-- Sends the deferred statements (tx:defer) followed by `list` as one pipeline; the results of
+-- `list`'s statements come back as results[1..#list] (the deferred ones are checked here: the
+-- first error is the transaction's). Returns results, first_err | nil, err.
+local function flush_deferred(tx, list)
+  local d = tx.deferred
+  tx.deferred = nil
+  local nd = #d
+  for i = 1, #list do d[nd + i] = list[i] end
+  local s, l = c_run(tx.ud, tx.slot, tx.lease, PIPELINE, nil, d)
+  local res, err = c_take(tx.ud, s, l, false)
+  if err and not tx.err then tx.err = err end
+  if not res then return nil, err end
+  local out = {}
+  for i = 1, #list do
+    local r = res[nd + i]
+    if _M.is_error(r) then r.index = i end
+    out[i] = r
+  end
+  if err and err.index and err.index > nd then err.index = err.index - nd end
+  return out, err
+end
+
+-- tx:defer({ sql, p1, ..., n = nparams }): a statement whose rows nobody reads (an audit row, an
+-- outbox row), sent with the transaction's next statement, pipeline or COMMIT in one round trip.
+-- It runs in the transaction, in the order deferred, before anything sent after it; if it fails,
+-- that next statement fails with it (pipeline_aborted) and the transaction rolls back.
+-- At most DEFER_MAX statements wait at once (more raises: a caller's bug).
+function Tx:defer(stmt)
+  tx_check(self)
+  if type(stmt) ~= "table" or type(stmt[1]) ~= "string" then
+    error("pg: tx:defer needs a statement table { sql, p1, ..., n = nparams }", 2)
+  end
+  if stmt.timeout_ms ~= nil or stmt.statement_timeout_ms ~= nil then
+    error("pg: tx:defer takes no timeouts", 2)
+  end
+  local d = self.deferred
+  if not d then
+    d = {}
+    self.deferred = d
+  end
+  if #d >= _M.DEFER_MAX then error("pg: more than " .. _M.DEFER_MAX .. " deferred statements", 2) end
+  d[#d + 1] = stmt
+  return true
+end
+
 -- tx:query(...) as pool:query, on the transaction's connection. The first error is kept: a
 -- transaction whose statement failed is rolled back even if fn goes on.
 function Tx:query(sql, ...)
   tx_check(self)
   local ud, slot, lease = self.ud, self.slot, self.lease
   local rows, err
+  if self.deferred then
+    local stmt = sql
+    if type(sql) ~= "table" then
+      stmt = { sql, ... }
+      stmt.n = select("#", ...)
+    elseif sql.timeout_ms ~= nil or sql.statement_timeout_ms ~= nil then
+      local _, ferr = flush_deferred(self, {})
+      if ferr then return nil, ferr end
+      return self:query(sql)
+    end
+    local res, ferr = flush_deferred(self, { stmt })
+    if ferr then        -- this statement's error, or a deferred one's (this one did not run)
+      ferr.index = nil
+      return nil, ferr
+    end
+    if not res then return nil, ferr end
+    return res[1]
+  end
   if type(sql) == "table" then
     rows, err = run_stmt(ud, slot, lease, false, sql)
   else
@@ -322,6 +386,15 @@ end
 
 function Tx:pipeline(list, opts)
   tx_check(self)
+  if self.deferred then
+    if type(list) ~= "table" then error("pg: pipeline needs a list of statements", 2) end
+    if opts and opts.atomic == false then
+      local _, ferr = flush_deferred(self, {})
+      if ferr then return nil, ferr end
+    else
+      return flush_deferred(self, list)
+    end
+  end
   local s, l = c_run(self.ud, self.slot, self.lease, pipeline_flags(opts), opts and opts.timeout_ms, list)
   local res, err = c_take(self.ud, s, l, false)
   if err and not self.err then self.err = err end
@@ -382,6 +455,18 @@ local function tx_attempt(self, fn, begin_sql, attempt)
     tx_end(tx, "ROLLBACK")
     return "fail", tx.err or setmetatable({ name = "in_failed_sql_transaction", code = "25P02",
       message = "a statement of the transaction failed: rolled back" }, error_mt)
+  end
+  if tx.deferred then
+    -- the deferred statements and the COMMIT in one round trip; one of them failing aborts the
+    -- COMMIT (pipeline_aborted) and the transaction is rolled back
+    local out, cerr = flush_deferred(tx, { { "COMMIT", n = 0 } })
+    if not out or cerr then
+      tx_end(tx, "ROLLBACK")
+      return "fail", cerr
+    end
+    tx.done = true
+    c_release(tx.ud, tx.slot, tx.lease)
+    return "ok", unpack(res, 2, res.n)
   end
   local ok, err = tx_end(tx, "COMMIT")
   if not ok then return "fail", err end

@@ -37,11 +37,18 @@ function _M.record(db, e)
     error("audit action must be lower-case words and dots: " .. tostring(e.action), 2)
   end
   local id = ids.new("aud")
-  local rows, err = db:query({ INSERT, id, p.partner_id, p.mode, p.kind or json.null,
-                               p.key_id or json.null, e.action, e.object_id or json.null,
-                               e.request_id or json.null, e.method or json.null,
-                               e.path or json.null, e.status or json.null, e.data or json.null,
-                               n = 12 })
+  local stmt = { INSERT, id, p.partner_id, p.mode, p.kind or json.null,
+                 p.key_id or json.null, e.action, e.object_id or json.null,
+                 e.request_id or json.null, e.method or json.null,
+                 e.path or json.null, e.status or json.null, e.data or json.null,
+                 n = 12 }
+  -- in the change's transaction: sent with its next statement or its COMMIT (tx:defer), so
+  -- the row still commits with the change or not at all
+  if type(db.defer) == "function" then
+    db:defer(stmt)
+    return id
+  end
+  local rows, err = db:query(stmt)
   if not rows then return nil, err end
   return id
 end

@@ -151,10 +151,12 @@ function _M.authenticate(db, secret)
     log.error("api keys: " .. herr)
     return nil, outcome(500, "auth_misconfigured", "API keys are not configured on this server.")
   end
-  local pg = require "nuvion.pg"
+  -- the hash goes as hex text, so the statement is prepared once per connection (a bytea
+  -- parameter would send it unnamed: parsed and planned again on every request)
   local rows, err = db:query("SELECT k.id, k.partner_id, k.mode, array_to_json(k.scopes) AS scopes, "
     .. "coalesce(k.expires_at <= now(), false) AS expired, k.revoked_at IS NOT NULL AS revoked, p.status "
-    .. "FROM api_keys k JOIN partners p ON p.id = k.partner_id WHERE k.key_hash = $1", pg.bytea(hash))
+    .. "FROM api_keys k JOIN partners p ON p.id = k.partner_id WHERE k.key_hash = decode($1, 'hex')",
+    crypto.hex_encode(hash))
   if not rows then return nil, db_error(err) end
   local row = rows[1]
   if not row then return nil, outcome(401, "invalid_api_key", _M.ERR_INVALID) end
