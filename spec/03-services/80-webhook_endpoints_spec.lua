@@ -296,8 +296,8 @@ describe("core webhook endpoints", function()
     assert.equals(400, badlim.status)
     assert.equals("limit", badlim.data.error.param)
     -- nothing was stored by the refused creations
-    local n = assert(s.db:query("SELECT count(*)::int AS n FROM webhook_endpoints WHERE owner_id = $1 AND deleted_at IS NULL",
-                                ptn.id .. ":test"))[1].n
+    local n = assert(s.db:query("SELECT count(*)::int AS n FROM webhook_endpoints "
+      .. "WHERE owner_id = $1 AND deleted_at IS NULL", ptn.id .. ":test"))[1].n
     assert.equals(#call("GET", "/v1/webhook_endpoints?limit=100").data.data, n)
 
     local del = call("DELETE", "/v1/webhook_endpoints/" .. a.id)
