@@ -349,6 +349,24 @@ describe("core webhook endpoints", function()
     assert.equals(1, #received(name, function() return false end, 1500))
   end)
 
+  it("allows private addresses only when asked and in development or test", function()
+    local auth_config = require "nuvion.auth.config"
+    local hooks = assert(loadfile(helpers.root .. "/lua/services/core/hooks.lua"))()
+    local cases = {
+      { "test", "1", true }, { "development", "1", true }, { "test", "0", false }, { "test", nil, false },
+      { "production", "1", false }, { "", "1", false },
+    }
+    local ok, err = pcall(function()
+      for _, c in ipairs(cases) do
+        auth_config.reset()
+        auth_config.configure({ NUVION_ENV = c[1], NUVION_WEBHOOKS_ALLOW_PRIVATE = c[2] or "" })
+        assert.equals(c[3], hooks.allow_private(), tostring(c[1]) .. " " .. tostring(c[2]))
+      end
+    end)
+    auth_config.reset()
+    assert(ok, err)
+  end)
+
   it("refuses private and plain http URLs outside test mode (SSRF guard)", function()
     local strict = helpers.start_server({ service = "core", env = { NUVION_ENV = "test",
       NUVION_WEBHOOKS_ALLOW_PRIVATE = "0" } })

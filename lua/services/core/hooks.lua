@@ -51,7 +51,15 @@ end
 function _M.new(db, redis)
   local kr, err = auth_config.signing_keyring()
   if not kr then return nil, tostring(err) end
-  return webhooks.new({ db = db, keyring = kr, queue = queue.new(_M.WEBHOOKS_QUEUE, { redis = redis }) })
+  return webhooks.new({ db = db, keyring = kr, allow_private = _M.allow_private(),
+                        queue = queue.new(_M.WEBHOOKS_QUEUE, { redis = redis }) })
+end
+
+-- The SSRF guard's test-mode allowance (loopback, private addresses, plain http): only with
+-- NUVION_WEBHOOKS_ALLOW_PRIVATE=1 and NUVION_ENV development or test; anywhere else the guard
+-- stays on whatever the flag says.
+function _M.allow_private()
+  return auth_config.env("NUVION_WEBHOOKS_ALLOW_PRIVATE") == "1" and auth_config.is_development()
 end
 
 -- workers() -> the list workers.lua returns; starts the outbox relay of this process, stopped
