@@ -18,6 +18,9 @@ scripts/services.sh provision "$DIR"
 # A local run uses the development defaults of docs/auth.md (API key pepper, signing key
 # keyring, service keys) unless real ones are given; the services check tokens against core.
 export NUVION_ENV=${NUVION_ENV:-development}
+# Webhooks to local receivers (http://127.0.0.1:...): the SSRF guard's test-mode allowance, for
+# local runs only (docs/webhooks.md); a deployment leaves it unset.
+export NUVION_WEBHOOKS_ALLOW_PRIVATE=${NUVION_WEBHOOKS_ALLOW_PRIVATE:-1}
 export NUVION_AUTH_JWKS_URL=${NUVION_AUTH_JWKS_URL:-http://127.0.0.1:$BASE/.well-known/jwks.json}
 
 bin/nuvion migrate --all # the release phase, as the Procfile's release runs it

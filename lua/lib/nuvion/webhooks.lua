@@ -597,15 +597,21 @@ function WH:job_handler()
   end
 end
 
--- outbox_handler({ owner_field = "owner_id" }) -> function(job) for the worker of a queue the
--- outbox relays into (docs/outbox.md): an event whose data names its owner (data.owner_id, or
--- the field given) becomes that owner's deliveries; others are skipped. Publishing is
--- idempotent by event id, so a relay's duplicate creates nothing.
+-- outbox_handler({ owner_field = "owner_id" | owner = function(data) -> owner }) -> function(job)
+-- for the worker of a queue the outbox relays into (docs/outbox.md): an event whose data names
+-- its owner (data.owner_id, or the field given, or what opts.owner returns for the event's data)
+-- becomes that owner's deliveries; others are skipped. Publishing is idempotent by event id, so
+-- a relay's duplicate creates nothing.
 function WH:outbox_handler(p)
   local field = p and p.owner_field or "owner_id"
+  local owner_of = p and p.owner
+  if owner_of ~= nil and type(owner_of) ~= "function" then error("owner must be a function", 2) end
   return function(job)
     local m = job.data
-    local owner = type(m.data) == "table" and m.data[field] or nil
+    local owner
+    if type(m.data) == "table" then
+      if owner_of then owner = owner_of(m.data) else owner = m.data[field] end
+    end
     if type(owner) ~= "string" or owner == "" then return { skipped = true } end
     local created = ids.time_ms(m.id)
     local list, err = self:publish({ id = m.id, type = m.type, owner_id = owner, data = m.data,

@@ -15,6 +15,7 @@ local AREAS = {
   "keys",
   "oauth",
   "wallets",
+  "webhook_endpoints",
 }
 
 local deps = require("deps").new()
