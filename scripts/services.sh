@@ -104,11 +104,19 @@ start_redis() {
     local i
     for ((i = 0; i < START_WAIT_S * 10; i++)); do
         redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+        grep -q "Address already in use" "$home/redis-$n/redis.log" 2>/dev/null && break
         sleep 0.1
     done
-    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || die "redis on $port did not start"
+    if ! redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+        echo "services.sh: redis on $port did not start" >&2
+        : >"$home/redis-$n/redis.log" # the next try reads its own log
+        return 1
+    fi
     cat "$home/redis-$n/redis.pid" >"$dir/redis-$n.pid"
 }
+
+# A port taken between free_port and the bind fails the start: another port is tried.
+REDIS_START_TRIES=5
 
 cmd_start() {
     local dir=$1 count=${2:-1} pg_port ports=() i p
@@ -119,8 +127,15 @@ cmd_start() {
     pg_port=$(free_port) || die "no free port"
     start_pg "$dir" "$pg_port"
     for ((i = 1; i <= count; i++)); do
-        p=$(free_port) || die "no free port"
-        start_redis "$dir" "$p" "$i"
+        local try started=0
+        for ((try = 1; try <= REDIS_START_TRIES; try++)); do
+            p=$(free_port) || die "no free port"
+            if start_redis "$dir" "$p" "$i"; then
+                started=1
+                break
+            fi
+        done
+        [ "$started" = 1 ] || die "redis $i did not start on $REDIS_START_TRIES ports"
         ports+=("$p")
     done
     cat >"$dir/env" <<ENV
