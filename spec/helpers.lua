@@ -244,4 +244,23 @@ function _M.parallel(n, fn)
   return results
 end
 
+-- Runs fn(i) in n tasks at once, bounded in time; raises when one raised or one is not done;
+-- returns each task's values (out[i] = { ... }).
+function _M.concurrently(n, fn, timeout_ms)
+  local out, done, failed = {}, 0, nil
+  for i = 1, n do
+    nuvion.spawn(function()
+      local res = { pcall(fn, i) }
+      if not res[1] then failed = failed or ("task " .. i .. ": " .. tostring(res[2])) end
+      out[i] = { unpack(res, 2, table.maxn(res)) }
+      done = done + 1
+    end)
+  end
+  local deadline = nuvion.monotonic_ms() + (timeout_ms or 30000)
+  while done < n and nuvion.monotonic_ms() < deadline do nuvion.sleep(5) end
+  assert(not failed, failed)
+  assert(done == n, "tasks did not finish in time: " .. done .. " of " .. n)
+  return out
+end
+
 return _M

@@ -165,24 +165,32 @@ function _M.has_flag(flags, b)
   return math.floor(tonumber(flags) / b) % 2 == 1
 end
 
--- Runs fn(i) in n tasks at once; returns their results once all are done.
-function _M.concurrently(n, fn, timeout_ms)
-  local out, done, failed = {}, 0, nil
-  for i = 1, n do
-    nuvion.spawn(function()
-      local res = { pcall(fn, i) }
-      if not res[1] then failed = failed or ("task " .. i .. ": " .. tostring(res[2])) end
-      out[i] = { unpack(res, 2, table.maxn(res)) }
-      done = done + 1
-    end)
-  end
-  local deadline = nuvion.monotonic_ms() + (timeout_ms or 30000)
-  while done < n and nuvion.monotonic_ms() < deadline do nuvion.sleep(5) end
-  assert(not failed, failed)
-  assert(done == n, "tasks did not finish in time: " .. done .. " of " .. n)
-  return out
-end
-
+_M.concurrently = require("spec.helpers").concurrently
 _M.json = json
+
+-- The accounts and transfers of a spec file: open(n, flags) creates n accounts on ledger L and
+-- returns their ids; tr(id, dr, cr, amount, extra) builds a transfer on L (id nil: a new one).
+function _M.maker(lg, L, new_id)
+  local function open(n, flags)
+    local list, ids = {}, {}
+    for i = 1, n do
+      ids[i] = new_id()
+      list[i] = { id = ids[i], ledger = L, code = 1, flags = flags }
+    end
+    local res, err = lg:create_accounts(list)
+    if not res then error("create_accounts: " .. tostring(err and err.message), 2) end
+    for i = 1, n do
+      if res[i] ~= "ok" then error("account " .. i .. " of " .. n .. ": " .. tostring(res[i]), 2) end
+    end
+    return unpack(ids)
+  end
+  local function tr(id, dr, cr, amount, extra)
+    local t = { id = id or new_id(), debit_account_id = dr, credit_account_id = cr, amount = amount,
+                ledger = L, code = 1 }
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return t
+  end
+  return open, tr
+end
 
 return _M

@@ -9,23 +9,7 @@ local URL = os.getenv("NUVION_TEST_DATABASE_URL")
 local SSL_URL = os.getenv("NUVION_TEST_PG_SSL_URL")
 local T = "pgspec_" .. nuvion.random_hex(4) -- prefix of this run's tables
 
--- Runs fn(i) in n tasks at once; returns their results once all are done.
-local function concurrently(n, fn, timeout_ms)
-  local out, done, failed = {}, 0, nil
-  for i = 1, n do
-    nuvion.spawn(function()
-      local res = { pcall(fn, i) }
-      if not res[1] then failed = failed or ("task " .. i .. ": " .. tostring(res[2])) end
-      out[i] = { unpack(res, 2, table.maxn(res)) }
-      done = done + 1
-    end)
-  end
-  local deadline = nuvion.monotonic_ms() + (timeout_ms or 10000)
-  while done < n and nuvion.monotonic_ms() < deadline do nuvion.sleep(2) end
-  assert(not failed, failed)
-  assert(done == n, "tasks did not finish in time")
-  return out
-end
+local concurrently = require("spec.helpers").concurrently
 
 local function url_with(url, k, v)
   return url .. (url:find("?", 1, true) and "&" or "?") .. k .. "=" .. v

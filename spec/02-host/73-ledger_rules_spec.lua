@@ -22,24 +22,7 @@ local CMNED = "credits_must_not_exceed_debits"
 describe("nuvion.ledger rules", function()
   local lg, db, bank
 
-  -- n accounts on ledger L with these flags; returns their ids
-  local function open(n, flags)
-    local list, ids = {}, {}
-    for i = 1, n do
-      ids[i] = new_id()
-      list[i] = { id = ids[i], ledger = L, code = 1, flags = flags }
-    end
-    local res = assert(lg:create_accounts(list))
-    for i = 1, n do assert.equals("ok", res[i]) end
-    return unpack(ids)
-  end
-
-  local function tr(id, dr, cr, amount, extra)
-    local t = { id = id or new_id(), debit_account_id = dr, credit_account_id = cr, amount = amount,
-                ledger = L, code = 1 }
-    for k, v in pairs(extra or {}) do t[k] = v end
-    return t
-  end
+  local open, tr -- H.maker: accounts and transfers on this file's ledger
 
   local function transfers(list)
     local res, err = lg:create_transfers(list)
@@ -55,6 +38,7 @@ describe("nuvion.ledger rules", function()
 
   lazy_setup(function()
     lg = ledger.open()
+    open, tr = H.maker(lg, L, new_id)
     db = H.db()
     bank = open(1)
   end)
