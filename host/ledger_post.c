@@ -147,7 +147,6 @@ struct nv_ledger_engine {
     nv_ledger_call *q_head[2], *q_tail[2];
     uint32_t q_events;
     lp_slot slots[NV_LEDGER_POST_INFLIGHT_MAX];
-    int busy;
     struct event *gather_ev;
     struct event *sweep_ev;
     int gather_armed;
@@ -357,7 +356,6 @@ static void slot_done(lp_slot *s) {
     s->calls = NULL, s->calls_tail = &s->calls;
     s->step = LP_IDLE;
     s->n = 0;
-    e->busy--;
     /* the slot is free before any task runs: a woken task may submit again */
     nv_ledger_call *c = calls;
     while (c != NULL) {
@@ -922,7 +920,6 @@ static void dispatch(nv_ledger_engine *e) {
             s->calls_tail = &c->next;
         }
         nv_assert(s->n > 0);
-        e->busy++;
         slot_run(s);
     }
 }
@@ -942,7 +939,6 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
     s->kind = LP_SWEEP;
     s->attempts = 0;
     s->n = 0;
-    e->busy++;
     slot_run(s);
 }
 
@@ -1053,5 +1049,5 @@ void nv_ledger_engine_free(nv_ledger_engine *e) {
 void nv_ledger_engine_stats(const nv_ledger_engine *e, nv_ledger_stats *out) {
     *out = e->stats;
     out->queued = e->q_events;
-    out->inflight = (uint32_t)e->busy;
+    out->inflight = (uint32_t)(e->cfg.inflight - slots_free(e));
 }
