@@ -340,10 +340,48 @@ static int send_one(nv_pg_conn *c, nv_pg_req *r) {
     return 1;
 }
 
+/* The cached name of statement i of a pipeline, or a new one it is prepared under here (its
+ * Parse goes first, in the same round trip; it is cached once the server accepted it). 0: run
+ * it unnamed (no cache, a typed statement, a full cache, or the same text already being
+ * prepared by an earlier statement of this request). */
+static uint32_t pipeline_name(nv_pg_conn *c, nv_pg_req *r, int i, int *fresh) {
+    nv_pg_stmt *s = &r->stmts[i];
+    *fresh = 0;
+    if (!c->pool->cfg.prepare || s->typed) return 0;
+    size_t len = strlen(s->sql);
+    nv_pg_cached *e = cache_slot(c, s->sql, len, sql_hash(s->sql, len));
+    if (e == NULL) return 0;
+    if (e->sql != NULL) return e->id;
+    int pending = 0;
+    for (int j = 0; j < i; j++) {
+        if (r->outs[j].prep_id == 0) continue;
+        pending++;
+        if (strcmp(r->stmts[j].sql, s->sql) == 0) return 0;
+    }
+    if (c->cache_len + pending >= NV_PG_STMT_CACHE_MAX) return 0;
+    *fresh = 1;
+    return ++c->cache_seq;
+}
+
 static int send_pipeline(nv_pg_conn *c, nv_pg_req *r) {
     if (!PQenterPipelineMode(c->pg)) return 0;
     for (int i = 0; i < r->nstmts; i++) {
-        if (!send_params(c, &r->stmts[i])) return 0;
+        nv_pg_stmt *s = &r->stmts[i];
+        nv_pg_out *o = &r->outs[i];
+        int fresh;
+        uint32_t id = pipeline_name(c, r, i, &fresh);
+        if (id == 0) {
+            if (!send_params(c, s)) return 0;
+        } else {
+            char name[32];
+            stmt_name(name, sizeof name, id);
+            if (fresh) {
+                if (!PQsendPrepare(c->pg, name, s->sql, s->nparams, NULL)) return 0;
+                o->prep_id = id, o->prep_wait = 1;
+            }
+            if (!PQsendQueryPrepared(c->pg, name, s->nparams, s->values, s->lengths, s->formats, 0)) return 0;
+            o->named = 1;
+        }
         if ((r->flags & NV_PG_REQ_SYNC_EACH) || i == r->nstmts - 1) {
             if (!PQpipelineSync(c->pg)) return 0;
             r->syncs_sent++;
@@ -351,6 +389,22 @@ static int send_pipeline(nv_pg_conn *c, nv_pg_req *r) {
     }
     PQsetSingleRowMode(c->pg);
     return 1;
+}
+
+/* The Parse of statement o (prepared in its pipeline) ended: a name the server accepted goes
+ * into the cache (a slot taken meanwhile, or a full cache: it stays unused on the server). */
+static void pipeline_prepared(nv_pg_conn *c, nv_pg_stmt *s, nv_pg_out *o) {
+    o->prep_wait = 0;
+    if (!o->prep_ok) return;
+    size_t len = strlen(s->sql);
+    uint64_t h = sql_hash(s->sql, len);
+    nv_pg_cached *e = cache_slot(c, s->sql, len, h);
+    if (e == NULL || e->sql != NULL || c->cache_len >= NV_PG_STMT_CACHE_MAX) return;
+    char *copy = malloc(len + 1);
+    if (copy == NULL) return;
+    memcpy(copy, s->sql, len + 1);
+    e->sql = copy, e->len = len, e->hash = h, e->id = o->prep_id;
+    c->cache_len++;
 }
 
 /* Starts r on c (leased). NV_ERR: the connection is unusable (its message is in r). */
@@ -430,9 +484,14 @@ static void conn_done(nv_pg_conn *c) {
         return;
     }
     /* A cached plan that no longer fits (DDL) or a statement someone deallocated: forget it. */
-    const char *code = r->outs[0].res ? PQresultErrorField(r->outs[0].res, PG_DIAG_SQLSTATE) : NULL;
-    if (c->exec_id != 0 && code != NULL && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0))
-        cache_clear(c);
+    for (int i = 0; i < r->nstmts; i++) {
+        int named = (r->flags & NV_PG_REQ_PIPELINE) ? r->outs[i].named : c->exec_id != 0;
+        const char *code = r->outs[i].res ? PQresultErrorField(r->outs[i].res, PG_DIAG_SQLSTATE) : NULL;
+        if (named && code != NULL && (strcmp(code, "0A000") == 0 || strcmp(code, "26000") == 0)) {
+            cache_clear(c);
+            break;
+        }
+    }
     wake_with_lease(c);
 }
 
@@ -494,6 +553,11 @@ static int conn_on_null(nv_pg_conn *c) {
         return 0;
     }
     if (!(r->flags & NV_PG_REQ_PIPELINE)) return 1;
+    if (r->cur < r->nstmts && r->outs[r->cur].prep_wait) {
+        pipeline_prepared(c, &r->stmts[r->cur], &r->outs[r->cur]);
+        PQsetSingleRowMode(c->pg);
+        return 0;
+    }
     if (r->cur_open) r->cur++, r->cur_open = 0;
     PQsetSingleRowMode(c->pg);
     return 0;
@@ -518,6 +582,21 @@ static int conn_on_result(nv_pg_conn *c, PGresult *res) {
         return -1;
     }
     nv_pg_out *o = &r->outs[r->cur];
+    if (o->prep_wait) { /* the result of its Parse: an error is the statement's error */
+        if (st == PGRES_COMMAND_OK) o->prep_ok = 1;
+        if (st == PGRES_FATAL_ERROR && o->res == NULL) {
+            o->res = res;
+            return 0;
+        }
+        PQclear(res);
+        return 0;
+    }
+    /* after a failed Parse its execution is only "aborted": keep the Parse's error */
+    if (st == PGRES_PIPELINE_ABORTED && o->res != NULL && PQresultStatus(o->res) == PGRES_FATAL_ERROR) {
+        r->cur_open = 1;
+        PQclear(res);
+        return 0;
+    }
     r->cur_open = 1;
     if (c->preparing && st == PGRES_COMMAND_OK) {
         PQclear(res);

@@ -58,6 +58,12 @@ typedef struct nv_pg_out {
     uint32_t nrows;
     int nfields;
     nv_pg_fail fail; /* TOO_LARGE, UNSUPPORTED */
+    /* A pipeline's statement through the statement cache: prepared in this very pipeline
+     * (its Parse's result comes first, then its own), or run by a cached name. */
+    uint32_t prep_id;  /* the name being prepared here, 0 when none */
+    uint8_t prep_wait; /* the Parse's result has not ended yet */
+    uint8_t prep_ok;   /* the Parse succeeded: cache it once its result ends */
+    uint8_t named;     /* runs a prepared statement (a cached one or prep_id) */
 } nv_pg_out;
 
 typedef struct nv_pg_req nv_pg_req;

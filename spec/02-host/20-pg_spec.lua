@@ -347,6 +347,74 @@ describe("nuvion.pg", function()
       assert.equals(3, res[3][1].x)
       assert.equals(1, #assert(db:query("SELECT 1 FROM " .. T .. "_acct WHERE id = 31")))
     end)
+
+    -- What the connection has prepared: statement text -> count. Read in a transaction, so on
+    -- the very connection the pipelines ran on (a pool of one).
+    local function prepared(one)
+      local out = {}
+      assert(one:tx(function(tx)
+        for _, r in ipairs(assert(tx:query("SELECT statement FROM pg_prepared_statements"))) do
+          out[r.statement] = (out[r.statement] or 0) + 1
+        end
+        return true
+      end))
+      return out
+    end
+
+    it("prepares a pipeline's statements in the same round trip, once per connection", function()
+      local one = pg.pool(URL, { max = 1, pool_timeout_ms = 5000 })
+      local a, b = "SELECT $1::int + 1 AS a /* " .. T .. " */", "SELECT $1::text AS b /* " .. T .. " */"
+      for i = 1, 3 do
+        local res, err = one:pipeline({ { a, i }, { b, "x" .. i }, { a, 10 * i } })
+        assert.is_nil(err)
+        assert.equals(i + 1, res[1][1].a)
+        assert.equals("x" .. i, res[2][1].b)
+        assert.equals(10 * i + 1, res[3][1].a)
+      end
+      local p = prepared(one)
+      assert.equals(1, p[a]) -- the repeat in the first pipeline ran unnamed, not prepared twice
+      assert.equals(1, p[b])
+      -- a bytea parameter has a type: such a statement runs unnamed
+      local typed = "SELECT length($1) AS n /* " .. T .. " */"
+      local res = assert(one:pipeline({ { typed, pg.bytea("\0\1\2") }, { a, 1 } }))
+      assert.equals(3, res[1][1].n)
+      assert.is_nil(prepared(one)[typed])
+    end)
+
+    it("answers a statement that does not parse with its own error, and never caches it", function()
+      local one = pg.pool(URL, { max = 1, pool_timeout_ms = 5000 })
+      local bad = "SELEC 2 /* " .. T .. " */"
+      for _ = 1, 2 do
+        local res, err = one:pipeline({ { "SELECT 1 AS x" }, { bad }, { "SELECT 3 AS x" } })
+        assert.equals("syntax_error", err.name)
+        assert.equals(2, err.index)
+        assert.equals("pipeline_aborted", res[3].name)
+      end
+      -- a Parse after a failed statement is aborted too: nothing is cached for it
+      local later = "SELECT 4 AS x /* " .. T .. " later */"
+      local res, err = one:pipeline({ { "SELECT 1/0" }, { later } })
+      assert.equals("division_by_zero", err.name)
+      assert.equals("pipeline_aborted", res[2].name)
+      assert.is_nil(prepared(one)[bad])
+      assert.is_nil(prepared(one)[later])
+      assert.equals(4, assert(one:pipeline({ { later }, { "SELECT 1" } }))[1][1].x)
+      assert.equals(1, prepared(one)[later])
+    end)
+
+    it("prepares a cached statement again once DDL changed its result", function()
+      local one = pg.pool(URL, { max = 1, pool_timeout_ms = 5000 })
+      local tbl = T .. "_ddl"
+      assert(db:query("CREATE TABLE " .. tbl .. " (x int)"))
+      assert(db:query("INSERT INTO " .. tbl .. " VALUES (1)"))
+      local sel = "SELECT * FROM " .. tbl
+      for _ = 1, 2 do assert(one:pipeline({ { sel }, { "SELECT 1" } })) end
+      assert(db:query("ALTER TABLE " .. tbl .. " ADD COLUMN y int DEFAULT 7"))
+      local _, err = one:pipeline({ { sel }, { "SELECT 1" } })
+      assert.equals("feature_not_supported", err.name) -- "cached plan must not change result type"
+      local res = assert(one:pipeline({ { sel }, { "SELECT 1" } }))
+      assert.equals(7, res[1][1].y)
+      assert(db:query("DROP TABLE " .. tbl))
+    end)
   end)
 
   describe("the pool", function()
