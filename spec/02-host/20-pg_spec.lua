@@ -232,6 +232,30 @@ describe("nuvion.pg", function()
   end)
 
   describe("transactions", function()
+    it("sends BEGIN with the first statement: no connection until then, none for an empty one", function()
+      local one = pg.pool(URL, { max = 1, pool_timeout_ms = 5000 })
+      local seen = {}
+      local v = assert(one:tx(function(tx)
+        seen[1] = one:stats().leased
+        assert(tx:query("SELECT 1"))
+        seen[2] = one:stats().leased
+        return 7
+      end))
+      assert.equals(7, v)
+      assert.same({ 0, 1 }, seen) -- leased by the SELECT, which carried the BEGIN
+      -- a transaction that ran nothing needs no connection: it finishes while another holds it
+      local out = concurrently(2, function(i)
+        if i == 1 then return one:tx(function(tx) tx:query("SELECT pg_sleep(0.3)") return "held" end) end
+        nuvion.sleep(50)
+        local t0 = nuvion.monotonic_ms()
+        local r = one:tx(function() return "empty" end)
+        return r, nuvion.monotonic_ms() - t0
+      end)
+      assert.equals("held", out[1][1])
+      assert.equals("empty", out[2][1])
+      assert.is_true(out[2][2] < 100, tostring(out[2][2]))
+    end)
+
     it("commits what fn did and returns its values", function()
       local a, b = db:tx(function(tx)
         assert(tx:query("INSERT INTO " .. T .. "_acct (id, balance) VALUES (10, 100)"))

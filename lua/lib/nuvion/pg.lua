@@ -313,7 +313,15 @@ local function flush_deferred(tx, list)
   tx.deferred = nil
   local nd = #d
   for i = 1, #list do d[nd + i] = list[i] end
-  local s, l = c_run(tx.ud, tx.slot, tx.lease, PIPELINE, nil, d)
+  local s, l = c_run(tx.ud, tx.slot or 0, tx.lease or 0, PIPELINE, nil, d)
+  if not tx.slot then -- the transaction's first round trip (its BEGIN is d[1]): it leases one
+    if s == 0 then
+      local perr = c_pool_error(tx.ud, l)
+      if not tx.err then tx.err = perr end
+      return nil, perr
+    end
+    tx.slot, tx.lease = s, l
+  end
   local res, err = c_take(tx.ud, s, l, false)
   if err and not tx.err then tx.err = err end
   if not res then return nil, err end
@@ -345,7 +353,8 @@ function Tx:defer(stmt)
     d = {}
     self.deferred = d
   end
-  if #d >= _M.DEFER_MAX then error("pg: more than " .. _M.DEFER_MAX .. " deferred statements", 2) end
+  local waiting = self.slot and #d or #d - 1 -- before the first round trip, d[1] is the BEGIN
+  if waiting >= _M.DEFER_MAX then error("pg: more than " .. _M.DEFER_MAX .. " deferred statements", 2) end
   d[#d + 1] = stmt
   return true
 end
@@ -405,9 +414,11 @@ function Tx.tx()
   error(ERR_TX_NESTED, 2)
 end
 
--- Ends the transaction with sql (COMMIT or ROLLBACK) and gives the connection back.
+-- Ends the transaction with sql (COMMIT or ROLLBACK) and gives the connection back (a
+-- transaction that never sent anything has none: nothing to end).
 local function tx_end(tx, sql)
   tx.done = true
+  if not tx.slot then return true end
   local ud, slot, lease = tx.ud, tx.slot, tx.lease
   local s, l = c_query(ud, slot, lease, sql)
   return c_take(ud, s, l, true)
@@ -422,16 +433,10 @@ local function backoff(attempt)
   sleep(floor(ms * (0.5 + random() / 2)))
 end
 
+-- The BEGIN waits as the first deferred statement: it goes with the transaction's first
+-- statement (or its COMMIT), which leases the connection, so BEGIN costs no round trip.
 local function tx_begin(self, sql)
-  local ud = self.ud
-  local slot, lease = c_query(ud, 0, 0, sql)
-  if slot == 0 then return nil, c_pool_error(ud, lease) end
-  local ok, err = c_take(ud, slot, lease, false)
-  if not ok then
-    c_release(ud, slot, lease)
-    return nil, err
-  end
-  return setmetatable({ ud = ud, slot = slot, lease = lease }, Tx)
+  return setmetatable({ ud = self.ud, deferred = { { sql, n = 0 } } }, Tx)
 end
 
 local function pack(...)
@@ -451,10 +456,18 @@ local function tx_attempt(self, fn, begin_sql, attempt)
     tx_end(tx, "ROLLBACK")
     return "fail", res[3]
   end
-  if c_txstatus(tx.ud, tx.slot, tx.lease) == "inerror" then
+  if not tx.slot and tx.err then -- its first round trip found no connection
+    tx.done = true
+    return "fail", tx.err
+  end
+  if tx.slot and c_txstatus(tx.ud, tx.slot, tx.lease) == "inerror" then
     tx_end(tx, "ROLLBACK")
     return "fail", tx.err or setmetatable({ name = "in_failed_sql_transaction", code = "25P02",
       message = "a statement of the transaction failed: rolled back" }, error_mt)
+  end
+  if not tx.slot and #tx.deferred == 1 then -- nothing but its BEGIN: nothing to commit
+    tx.done = true
+    return "ok", unpack(res, 2, res.n)
   end
   if tx.deferred then
     -- the deferred statements and the COMMIT in one round trip; one of them failing aborts the
