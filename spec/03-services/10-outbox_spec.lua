@@ -191,6 +191,7 @@ describe("nuvion.outbox", function()
     nuvion.spawn(function()
       assert(db:tx(function(tx)
         assert(publish(tx, agg, { k = 1 }))
+        assert(tx:query("SELECT 1")) -- the deferred lock and insert go with it: seq drawn
         nuvion.sleep(300)       -- the first transaction stays open ...
         return true
       end))
@@ -210,6 +211,34 @@ describe("nuvion.outbox", function()
     assert.equals(2, done)
     drain(target)
     assert.same({ 1, 2 }, delivered)
+  end)
+
+  it("an event's seq is drawn at its transaction's commit when nothing else is sent: commit order", function()
+    local nuvion = require "nuvion"
+    local agg = ids.new("run") .. "-commit"
+    local delivered = {}
+    local function target(msg)
+      if msg.aggregate_id == agg then delivered[#delivered + 1] = { msg.data.k, msg.seq } end
+      return true
+    end
+    local done = 0
+    nuvion.spawn(function()
+      assert(db:tx(function(tx)
+        assert(publish(tx, agg, { k = 1 }))
+        nuvion.sleep(300)       -- open, but its lock and insert wait for its COMMIT ...
+        return true
+      end))
+      done = done + 1
+    end)
+    nuvion.sleep(50)
+    assert(db:tx(function(tx) return publish(tx, agg, { k = 2 }) end)) -- ... so this one commits first
+    assert.equals(1, (outbox.relay_once(db, target)))
+    local deadline = nuvion.monotonic_ms() + 5000
+    while done < 1 and nuvion.monotonic_ms() < deadline do nuvion.sleep(10) end
+    drain(target)
+    assert.equals(2, #delivered)
+    assert.same({ 2, 1 }, { delivered[1][1], delivered[2][1] }) -- the order the changes committed in
+    assert.is_true(tonumber(delivered[1][2]) < tonumber(delivered[2][2]))
   end)
 
   it("a second relay waits while one holds the lock (one relay at a time keeps the order)", function()

@@ -57,12 +57,12 @@ function _M.publish(tx, event)
                  event.aggregate_type .. ":" .. event.aggregate_id, n = 1 }
   local insert = { "INSERT INTO outbox (id, aggregate_type, aggregate_id, type, data) VALUES ($1, $2, $3, $4, $5)",
                    id, event.aggregate_type, event.aggregate_id, event.type, event.data, n = 5 }
-  -- in a pool:tx the lock is taken now (a later transaction of the aggregate waits for this one
-  -- from here on: commit order) and the insert goes with the transaction's next statement or
-  -- its COMMIT (tx:defer), still under the lock; its failure rolls the transaction back
+  -- in a pool:tx the lock and the insert go with the transaction's next statement or its
+  -- COMMIT (tx:defer), in that order: the row's seq is drawn under the lock, which is held to
+  -- the commit, so rows of one aggregate commit in seq order; a failure rolls the transaction
+  -- back
   if type(tx.defer) == "function" then
-    local rows, err = tx:query(lock)
-    if not rows then return nil, err end
+    tx:defer(lock)
     tx:defer(insert)
     return id
   end
