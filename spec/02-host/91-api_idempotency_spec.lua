@@ -253,6 +253,41 @@ describe("Idempotency-Key", function()
     assert.equals('{"ok":true}', replay.body)
   end)
 
+  it("rolls the change back when its in-transaction completion finds the claim taken over", function()
+    local key = new_key()
+    local opts = { partner_id = partner, mode = "test", key = key, method = "POST", path = "/v1/x",
+                   body = { a = 1 }, lock_s = 1 }
+    local _, dead = idem.begin(db, opts)
+    nuvion.sleep(1100)
+    local state, live = idem.begin(db, opts)
+    assert.equals("new", state)
+    local name = "late-" .. key
+    local ok, err = db:tx(function(tx)
+      assert(tx:query("INSERT INTO spec_api_things (id, partner_id, mode, name) VALUES ($1, $2, 'test', $3)",
+                      "thg_" .. key, partner, name))
+      assert.is_true(idem.complete(tx, dead, 200, "{}")) -- deferred: checked at the COMMIT
+      return true
+    end)
+    assert.is_nil(ok)
+    assert.equals("NVI01", err.code)
+    assert.matches("idempotency claim lost", err.message)
+    assert.equals(0, things_named(name))
+    assert.is_true(db:tx(function(tx) return idem.complete(tx, live, 201, '{"ok":1}') end))
+    local s5, replay = idem.begin(db, opts)
+    assert.equals("replay", s5)
+    assert.equals('{"ok":1}', replay.body)
+  end)
+
+  it("commits a claim without waiting for its WAL flush, and nothing else", function()
+    local key = new_key()
+    assert.equals("new", (idem.begin(db, { partner_id = partner, mode = "test", key = key, method = "POST",
+                                           path = "/v1/x", body = {} })))
+    -- the setting was local to the claim's own implicit transaction
+    for _ = 1, 4 do
+      assert.equals("on", assert(db:query("SELECT current_setting('synchronous_commit') AS s"))[1].s)
+    end
+  end)
+
   it("purges expired keys in bounded batches", function()
     local p = fx.partner()
     for i = 1, 3 do

@@ -72,6 +72,8 @@ WHERE k.expires_at <= now()
    OR (k.completed_at IS NULL AND k.locked_until <= now() AND k.request_hash = EXCLUDED.request_hash)
 RETURNING request_id]]
 
+local NO_FLUSH = { "SELECT set_config('synchronous_commit', 'off', true)", n = 0 }
+
 local READ = [[
 SELECT request_hash, response_status, response_body, response_headers, completed_at IS NOT NULL AS done
 FROM api_idempotency_keys WHERE partner_id = $1 AND mode = $2 AND idempotency_key = $3]]
@@ -80,6 +82,10 @@ local COMPLETE = [[
 UPDATE api_idempotency_keys SET response_status = $5, response_body = $6, response_headers = $7,
   completed_at = now(), locked_until = NULL
 WHERE partner_id = $1 AND mode = $2 AND idempotency_key = $3 AND request_id = $4 AND completed_at IS NULL]]
+
+-- In the change's transaction: deferred, sent with its COMMIT (sql/core/0500_*.sql raises
+-- when the claim is lost, which rolls the transaction back).
+local COMPLETE_IN_TX = "SELECT api_idempotency_complete($1, $2, $3, $4, $5, $6, $7)"
 
 local RELEASE = [[
 DELETE FROM api_idempotency_keys
@@ -102,10 +108,14 @@ function _M.begin(db, opts)
   local claim = { partner_id = opts.partner_id, mode = opts.mode, key = opts.key,
                   request_id = opts.request_id or crypto.hex_encode(crypto.random(16)) }
   for _ = 1, CLAIM_TRIES do
-    local rows, err = db:query(CLAIM, claim.partner_id, claim.mode, claim.key, opts.method,
-                               opts.path, hash, claim.request_id, opts.lock_s or _M.LOCK_S,
-                               opts.ttl_s or _M.TTL_S)
-    if not rows then return unavailable(err) end
+    -- committed without waiting for its WAL flush: a claim lost in a crash leaves the key free,
+    -- as if the request never came; a change made under it commits later, with a flush that
+    -- writes the claim's commit too (the WAL is one sequence), so it never outlives its claim
+    local res, err = db:pipeline({ NO_FLUSH, { CLAIM, claim.partner_id, claim.mode, claim.key, opts.method,
+                                             opts.path, hash, claim.request_id, opts.lock_s or _M.LOCK_S,
+                                             opts.ttl_s or _M.TTL_S, n = 9 } })
+    if not res or err then return unavailable(err) end
+    local rows = res[2]
     if rows[1] then return "new", claim end
     rows, err = db:query(READ, claim.partner_id, claim.mode, claim.key)
     if not rows then return unavailable(err) end
@@ -128,6 +138,11 @@ end
 -- Returns true, or nil and the error (the response is still sent; the key stays locked until
 -- its lock expires, then the same request may run again).
 function _M.complete(db, claim, status, body, headers)
+  if type(db.defer) == "function" then -- a pool:tx: with the change's COMMIT, no round trip
+    db:defer({ COMPLETE_IN_TX, claim.partner_id, claim.mode, claim.key, claim.request_id, status, body,
+               headers or json.null, n = 7 })
+    return true
+  end
   local rows, err = db:query(COMPLETE, claim.partner_id, claim.mode, claim.key, claim.request_id,
                              status, body, headers or json.null)
   if not rows then
