@@ -9,6 +9,7 @@
 -- change starts from), a customer_state_changes row and an outbox event customer.<new state>.
 -- Events carry no PII (the outbox is plain jsonb): id, kind, state, tier, partner, mode.
 local crypto = require "nuvion.crypto"
+local nuvion = require "nuvion"
 local json = require "nuvion.json"
 local log = require "nuvion.log"
 local outbox = require "nuvion.outbox"
@@ -19,7 +20,7 @@ local rules = require "nuvion.rules.onboarding"
 
 local type, ipairs, tostring, tonumber, os, error, assert, setmetatable = type, ipairs, tostring,
   tonumber, os, error, assert, setmetatable
-local min, lower, concat = math.min, string.lower, table.concat
+local min, lower, concat, floor, format = math.min, string.lower, table.concat, math.floor, string.format
 
 local _M = {}
 
@@ -111,25 +112,32 @@ local function sealed_fields(b)
            directors = b.directors }
 end
 
--- The public object of a customer row (PII opened).
-function _M:object(row)
+-- The public object of a customer row: its PII opened, or, for a row just made, taken from
+-- `plain` (column -> the text that was sealed) without opening what was sealed a moment ago.
+function _M:object(row, plain)
   local id = row.id
-  local name = json.decode(self:open(id, "name", row.name_enc))
+  local function field(column)
+    if plain then return plain[column] end
+    return self:open(id, column, row[column .. "_enc"])
+  end
+  local name = json.decode(field("name"))
   local o = { id = id, object = "customer", mode = row.mode, livemode = row.mode == "live",
               kind = row.kind, state = row.state, tier = row.tier,
-              email = self:open(id, "email", row.email_enc),
-              phone = self:open(id, "phone", row.phone_enc) or json.null,
+              email = field("email"),
+              phone = field("phone") or json.null,
               metadata = row.metadata or {}, created = row.created, updated = row.updated }
+  local address = field("address")
   if row.kind == "business" then
     o.business_name = name.business_name
-    o.registration_number = self:open(id, "registration_number", row.registration_number_enc)
-    o.directors = json.decode(self:open(id, "directors", row.directors_enc) or "[]")
-    o.address = row.address_enc and json.decode(self:open(id, "address", row.address_enc)) or json.null
+    o.registration_number = field("registration_number")
+    o.directors = json.decode(field("directors") or "[]")
+    o.address = address and json.decode(address) or json.null
   else
     o.first_name, o.last_name = name.first_name, name.last_name
-    o.date_of_birth = self:open(id, "date_of_birth", row.date_of_birth_enc)
-    o.address = row.address_enc and json.decode(self:open(id, "address", row.address_enc)) or json.null
-    local doc = row.id_document_enc and json.decode(self:open(id, "id_document", row.id_document_enc))
+    o.date_of_birth = field("date_of_birth")
+    o.address = address and json.decode(address) or json.null
+    local doc_text = field("id_document")
+    local doc = doc_text and json.decode(doc_text)
     if doc then
       -- the document number is never shown back whole
       o.id_document = { type = doc.type, country = doc.country or json.null, number_last4 = doc.number:sub(-4) }
@@ -145,30 +153,42 @@ local function event_data(c)
            partner = c.partner_id, owner_id = c.partner_id, mode = c.mode }
 end
 
--- Inserts a customer with its first state change and event customer.created, in tx. Returns the
--- row as SELECTed back.
+-- Inserts a customer with its first state change and event customer.created, in tx: all three
+-- deferred, so they go with the transaction's COMMIT (no round trip of their own). Returns the
+-- row as a SELECT would give it (without the sealed columns) and the plain texts sealed, for
+-- object(row, plain).
+local INSERT = "WITH c AS (INSERT INTO customers (id, partner_id, mode, kind, name_enc, date_of_birth_enc, "
+  .. "address_enc, phone_enc, email_enc, id_document_enc, registration_number_enc, directors_enc, email_hash, "
+  .. "phone_hash, id_number_last4, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+  .. "$10, $11, $12, $13, $14, $15, $16, to_timestamp($17::float8), to_timestamp($17::float8)) RETURNING id) "
+  .. "INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+  .. "SELECT id, NULL, 'pending', 'created', $18::text FROM c"
+
 function _M:insert(tx, id, p, b, request_id)
   local f = sealed_fields(b)
+  local plain, sealed = {}, {}
+  for _, column in ipairs(_M.ENCRYPTED) do
+    local v = f[column]
+    if type(v) == "table" then v = assert(json.encode(v)) end
+    plain[column] = v
+    sealed[column] = self:seal(id, column, v)
+  end
+  -- created_at to the microsecond, and `created` as COLUMNS reads it back (epoch rounded)
+  local us = floor(nuvion.now() * 1e6 + 0.5)
+  local at = format("%d.%06d", floor(us / 1e6), us % 1e6)
+  local created = floor((us + 500000) / 1e6)
   local doc = b.id_document
-  -- the customer and its first state change in one statement (one round trip)
-  local rows, err = tx:query("WITH c AS (INSERT INTO customers (id, partner_id, mode, kind, name_enc, "
-    .. "date_of_birth_enc, address_enc, phone_enc, email_enc, id_document_enc, registration_number_enc, "
-    .. "directors_enc, email_hash, phone_hash, id_number_last4, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-    .. "$8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING " .. _M.COLUMNS .. "), "
-    .. "s AS (INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
-    .. "SELECT id, NULL, 'pending', 'created', $17::text FROM c) SELECT * FROM c",
-    id, p.partner_id, p.mode, b.kind, self:seal(id, "name", f.name),
-    self:seal(id, "date_of_birth", f.date_of_birth), self:seal(id, "address", f.address),
-    self:seal(id, "phone", f.phone), self:seal(id, "email", f.email), self:seal(id, "id_document", f.id_document),
-    self:seal(id, "registration_number", f.registration_number), self:seal(id, "directors", f.directors),
-    self:hash("email", b.email), b.phone and self:hash("phone", b.phone) or nil,
-    doc and doc.number:sub(-4) or nil, b.metadata or {}, request_id)
-  if not rows then return nil, err end
-  local row = rows[1]
+  local metadata = b.metadata or {}
+  tx:defer({ INSERT, id, p.partner_id, p.mode, b.kind, sealed.name, sealed.date_of_birth, sealed.address,
+             sealed.phone, sealed.email, sealed.id_document, sealed.registration_number, sealed.directors,
+             self:hash("email", b.email), b.phone and self:hash("phone", b.phone) or nil,
+             doc and doc.number:sub(-4) or nil, metadata, at, request_id, n = 18 })
+  local row = { id = id, partner_id = p.partner_id, mode = p.mode, kind = b.kind, state = "pending", tier = 0,
+                metadata = metadata, created = created, updated = created }
   local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.created",
                                        data = event_data(row) })
   if perr then return nil, perr end
-  return row
+  return row, plain
 end
 
 -- The customer row of a partner and mode (nil when none: another partner's is none too).

@@ -142,10 +142,12 @@ local function is_array(v)
   return n > 0 and n == #v
 end
 
+local function by_name(a, b) return tostring(a) < tostring(b) end
+
 local function sorted_keys(t)
   local keys = {}
   for k in pairs(t) do keys[#keys + 1] = k end
-  sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  sort(keys, by_name)
   return keys
 end
 

@@ -147,11 +147,11 @@ function _M.register(app, deps)
       if bad then return bad end
       local id = ids.new("cus")
       return db:tx(function(tx)
-        local row, err = store:insert(tx, id, p, b, ctx.req.id)
-        if not row then return nil, err end
+        local row, plain = store:insert(tx, id, p, b, ctx.req.id)
+        if not row then return nil, plain end
         local _, aerr = ctx:audit(tx, id)
         if aerr then return nil, aerr end
-        return ctx:respond(tx, 201, store:object(row))
+        return ctx:respond(tx, 201, store:object(row, plain))
       end)
     end))
 
