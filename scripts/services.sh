@@ -18,7 +18,8 @@
 # login role, which alone may connect to it (CONNECT revoked from PUBLIC), and its own Redis;
 # the ledger has its own database, owned by core's role. It appends to DIR/env, per service
 # (CORE, ACQUIRING, ...):  NUVION_<SERVICE>_DATABASE_URL  NUVION_<SERVICE>_REDIS_URL
-# and NUVION_LEDGER_DATABASE_URL. Passwords are random, kept in DIR/passwords (mode 600).
+# and NUVION_LEDGER_DATABASE_URL (loopback, sslmode=disable). Passwords are random, kept in
+# DIR/passwords (mode 600).
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -222,7 +223,9 @@ GRANT CONNECT ON DATABASE $db TO $role;
             role=$svc
             [ "$svc" = ledger ] && role=core
             pw=$(awk -v r="$role" '$1 == r { print $2 }' "$dir/passwords")
-            url="postgres://$role:$pw@127.0.0.1:$NUVION_TEST_PG_PORT/$svc"
+            # loopback to a server on this machine: TLS would protect nothing and cost each
+            # query a record layer on both ends (a remote database keeps sslmode=verify-full)
+            url="postgres://$role:$pw@127.0.0.1:$NUVION_TEST_PG_PORT/$svc?sslmode=disable"
             echo "export NUVION_$(echo "$svc" | tr a-z A-Z)_DATABASE_URL=$url"
             if [ "$svc" != ledger ]; then
                 echo "export NUVION_$(echo "$svc" | tr a-z A-Z)_REDIS_URL=redis://127.0.0.1:${ports[$i]}/0"
