@@ -81,18 +81,18 @@ local function check(lg, m, u)
       .. " of customer " .. w.owner_id .. " does not allow: it can neither receive nor send money.")
   end
   local amount = num(m.amount)
-  local function over(field, limit, have, what)
+  local function over(field, limit, span, have, what)
     return refuse(m, "Wallet " .. w.id .. ": the " .. field .. " limit of customer " .. w.owner_id .. "'s "
-      .. tier_name(tier) .. " is " .. money(limit, m.exponent, w.asset) .. what .. "; it has "
+      .. tier_name(tier) .. " is " .. money(limit, m.exponent, w.asset) .. span .. "; " .. what .. " "
       .. money(have, m.exponent, w.asset) .. ", so " .. money(amount, m.exponent, w.asset) .. " more is refused.")
   end
   if m.dir == "out" then
     local used = num(u.used_out)
-    if used + amount > lim.daily_out then return over("daily_out", lim.daily_out, used, " out in 24 h") end
+    if used + amount > lim.daily_out then return over("daily_out", lim.daily_out, " over 24 h", used, "it sent") end
     return nil
   end
   local used = num(u.used_in)
-  if used + amount > lim.daily_in then return over("daily_in", lim.daily_in, used, " in in 24 h") end
+  if used + amount > lim.daily_in then return over("daily_in", lim.daily_in, " over 24 h", used, "it received") end
   local b, err = lg:balances(w.ledger_account_id)
   if not b then
     api.log_error("ledger balances failed", err and err.code)
@@ -103,7 +103,7 @@ local function check(lg, m, u)
   local cp, cpend, dp = num(b.credits_posted), num(b.credits_pending), num(b.debits_posted)
   local balance = (cp == huge or cpend == huge) and huge or cp + cpend - dp
   if balance + amount > lim.max_balance then
-    return over("max_balance", lim.max_balance, balance, " of balance")
+    return over("max_balance", lim.max_balance, "", balance, "it holds")
   end
   return nil
 end
