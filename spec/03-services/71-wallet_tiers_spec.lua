@@ -273,6 +273,25 @@ describe("wallet tier limits", function()
     assert.same({ 8 * AMOUNT, 0, 8 }, { usage(w) })
     assert.equals(8, rows_of(w))
 
+    -- max_balance: 20 credits of 3000 racing into 482000, 6 fit
+    local full = wallet(cus1)
+    seed(full, 482000)
+    results = helpers.parallel(N, function(i)
+      local res = i % 2 == 0 and op(full, "credits", { reference = "race-c" .. i, amount = 3000 })
+        or transfer(pw, full, 3000, "race-max-" .. full.id .. "-" .. i)
+      return { status = res.status, code = res.data and res.data.error and res.data.error.code,
+               message = res.data and res.data.error and res.data.error.message }
+    end)
+    okn = 0
+    for i, r in ipairs(results) do
+      assert.is_nil(r.error, r.error)
+      if r.status == 200 then okn = okn + 1
+      elseif r.status == 403 and r.code == "tier_limit_exceeded" then assert.matches("max_balance", r.message)
+      else error("request " .. i .. " answered " .. tostring(r.status) .. " " .. tostring(r.code)) end
+    end
+    assert.equals(6, okn)
+    assert.equals(500000, balance(full).posted)
+
     -- out: transfers, debits and holds racing
     local src = wallet(cus1)
     seed(src, 400000)
