@@ -19,6 +19,7 @@ local api = require "nuvion.api"
 local json = require "nuvion.json"
 local outbox = require "nuvion.outbox"
 local model = require "wallets.model"
+local limits = require "wallets.limits"
 
 local type, tonumber, tostring, find, sub, format = type, tonumber, tostring, string.find, string.sub,
   string.format
@@ -140,6 +141,22 @@ local function entry_object(e)
            created = tonumber(sub(ts, 1, -10)) or 0 }
 end
 
+-- The tier-limited sides of a movement (docs/wallets.md "Tier limits"): nil when no wallet is a
+-- customer's (partners' wallets: no limits, no extra query).
+local function customer_moves(db, amount, from, from_param, to, to_param)
+  local moves
+  for _, side in ipairs({ { from, "out", from_param }, { to, "in", to_param } }) do
+    local w = side[1]
+    if w and w.owner_type == "customer" then
+      local a = model.assets(db)
+      moves = moves or {}
+      moves[#moves + 1] = { w = w, dir = side[2], amount = amount, param = side[3],
+                            exponent = a and a[w.asset] and a[w.asset].exponent }
+    end
+  end
+  return moves
+end
+
 local function not_live(p)
   if p.mode ~= "test" then
     return errors.new(404, "route_not_found", "Test helpers exist in test mode only.")
@@ -251,12 +268,12 @@ function _M.register(app, deps)
     local key = ctx.req.headers["idempotency-key"]
     local lid = key and model.ledger_id("transfer:" .. p.partner_id .. ":" .. p.mode .. ":" .. key)
       or model.random_ledger_id()
-    local res, lerr = deps.ledger:transfer({ id = lid, debit_account_id = from.ledger_account_id,
-      credit_account_id = to.ledger_account_id, amount = b.amount, ledger = from.ledger,
-      code = model.TRANSFER_CODES.transfer })
-    if not res then return model.call_error(lerr) end
-    if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
-    return db:tx(function(tx)
+    local function move()
+      return deps.ledger:transfer({ id = lid, debit_account_id = from.ledger_account_id,
+        credit_account_id = to.ledger_account_id, amount = b.amount, ledger = from.ledger,
+        code = model.TRANSFER_CODES.transfer })
+    end
+    local function finish(tx)
       local tid = ids.new("tr")
       local rows, err = tx:query("INSERT INTO wallet_transfers (id, partner_id, mode, from_wallet, to_wallet, asset, "
         .. "amount, description, ledger_transfer_id) VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, $9::numeric) "
@@ -280,6 +297,22 @@ function _M.register(app, deps)
         if not row then return nil, "transfer row of ledger id " .. lid .. " belongs to another partner" end
       end
       return ctx:respond(tx, 200, transfer_object(row))
+    end
+    local moves = customer_moves(db, b.amount, from, "from_wallet", to, "to_wallet")
+    if not moves then
+      -- partners' wallets: no tier limits, no lock
+      local res, lerr = move()
+      if not res then return model.call_error(lerr) end
+      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      return db:tx(finish)
+    end
+    -- a customer's wallet on either side: the limits, the ledger and the rows under its lock
+    return db:tx(function(tx)
+      local res, lerr, refused = limits.guard(tx, deps.ledger, moves, lid, key ~= nil, move)
+      if refused then return refused end
+      if not res then return model.call_error(lerr) end
+      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      return finish(tx)
     end)
   end)
 
@@ -303,14 +336,12 @@ function _M.register(app, deps)
     if not w then return err or errors.not_found("wallet", id) end
     local key = ctx.req.headers["idempotency-key"]
     local lid = key and model.ledger_id("fund:" .. id .. ":" .. key) or model.random_ledger_id()
-    local res, lerr = deps.ledger:transfer({ id = lid, debit_account_id = w.settlement_account_id,
-      credit_account_id = w.ledger_account_id, amount = ctx.body.amount, ledger = w.ledger,
-      code = model.TRANSFER_CODES.fund })
-    if not res then return model.call_error(lerr) end
-    if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
-    local bal, berr = model.balance(deps.ledger, w)
-    if not bal then return berr end
-    return db:tx(function(tx)
+    local function move()
+      return deps.ledger:transfer({ id = lid, debit_account_id = w.settlement_account_id,
+        credit_account_id = w.ledger_account_id, amount = ctx.body.amount, ledger = w.ledger,
+        code = model.TRANSFER_CODES.fund })
+    end
+    local function finish(tx, res, bal)
       if res == "ok" then
         local _, oerr = outbox.publish(tx, { aggregate_type = "wallet", aggregate_id = id, type = "wallet.funded",
           data = { id = id, owner_id = p.partner_id, mode = p.mode, amount = ctx.body.amount, currency = w.asset,
@@ -320,6 +351,24 @@ function _M.register(app, deps)
       local _, aerr = ctx:audit(tx, id)
       if aerr then return nil, aerr end
       return ctx:respond(tx, 200, model.wallet_object(w, bal))
+    end
+    local moves = customer_moves(db, ctx.body.amount, nil, nil, w, "amount")
+    if not moves then
+      local res, lerr = move()
+      if not res then return model.call_error(lerr) end
+      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local bal, berr = model.balance(deps.ledger, w)
+      if not bal then return berr end
+      return db:tx(function(tx) return finish(tx, res, bal) end)
+    end
+    return db:tx(function(tx)
+      local res, lerr, refused = limits.guard(tx, deps.ledger, moves, lid, key ~= nil, move)
+      if refused then return refused end
+      if not res then return model.call_error(lerr) end
+      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local bal, berr = model.balance(deps.ledger, w)
+      if not bal then return berr end
+      return finish(tx, res, bal)
     end)
   end)
 end

@@ -17,6 +17,7 @@
 local api = require "nuvion.api"
 local auth = require "nuvion.auth"
 local model = require "wallets.model"
+local limits = require "wallets.limits"
 
 local find = string.find
 local errors, validate, ids = api.errors, api.validate, api.ids
@@ -75,12 +76,35 @@ local function answer(deps, w, kind, reference, lid, res, err, amount)
                 result = res, amount = amount, ledger_transfer_id = lid, balance = bal }
 end
 
+-- call() under the tier limits when w is a customer's wallet (docs/wallets.md "Tier limits"):
+-- call()'s values, or nil, nil, outcome (refused, or core's database failed). A partner's
+-- wallet: call() alone.
+local function limited(deps, w, dir, amount, lid, call)
+  if w.owner_type ~= "customer" then return call() end
+  local assets = model.assets(deps.db)
+  local a = assets and assets[w.asset]
+  local out, terr = deps.db:tx(function(tx)
+    local res, err, refused = limits.guard(tx, deps.ledger, { { w = w, dir = dir, amount = amount, param = "amount",
+      exponent = a and a.exponent } }, lid, true, call)
+    return { res = res, err = err, refused = refused }
+  end)
+  if not out then
+    -- the ledger may have moved (a failed COMMIT): the caller retries with its reference
+    api.log_error("wallet limits transaction failed", terr)
+    return nil, nil, errors.unavailable()
+  end
+  return out.res, out.err, out.refused
+end
+
 function _M.register(app, deps)
   app:post("/internal/wallets/:id/holds", internal(deps, _M.HOLD, function(w, b)
     local lid = model.ledger_id("hold:" .. w.id .. ":" .. b.reference)
-    local res, err = deps.ledger:hold({ id = lid, debit_account_id = w.ledger_account_id,
-      credit_account_id = w.settlement_account_id, amount = b.amount, ledger = w.ledger,
-      code = model.TRANSFER_CODES.hold, timeout = b.timeout_s })
+    local res, err, refused = limited(deps, w, "out", b.amount, lid, function()
+      return deps.ledger:hold({ id = lid, debit_account_id = w.ledger_account_id,
+        credit_account_id = w.settlement_account_id, amount = b.amount, ledger = w.ledger,
+        code = model.TRANSFER_CODES.hold, timeout = b.timeout_s })
+    end)
+    if refused then return refused end
     return answer(deps, w, "hold", b.reference, lid, res, err, b.amount)
   end))
 
@@ -96,6 +120,11 @@ function _M.register(app, deps)
       else
         res, err = deps.ledger:void({ id = lid, pending_id = hold })
       end
+      -- a void gives a customer's daily-out allowance back, a partial capture what it left
+      if res == "ok" and w.owner_type == "customer" then
+        local captured = kind == "capture" and limits.num(b.amount) > 0 and b.amount or nil
+        if kind == "void" or captured then limits.release(deps.db, w, hold, captured) end
+      end
       return answer(deps, w, kind, ref, lid, res, err, b.amount or 0)
     end)
   end
@@ -107,8 +136,11 @@ function _M.register(app, deps)
       local lid = model.ledger_id(kind .. ":" .. w.id .. ":" .. b.reference)
       local debit, credit = w.settlement_account_id, w.ledger_account_id
       if kind == "debit" then debit, credit = credit, debit end
-      local res, err = deps.ledger:transfer({ id = lid, debit_account_id = debit, credit_account_id = credit,
-        amount = b.amount, ledger = w.ledger, code = model.TRANSFER_CODES[kind] })
+      local res, err, refused = limited(deps, w, kind == "debit" and "out" or "in", b.amount, lid, function()
+        return deps.ledger:transfer({ id = lid, debit_account_id = debit, credit_account_id = credit,
+          amount = b.amount, ledger = w.ledger, code = model.TRANSFER_CODES[kind] })
+      end)
+      if refused then return refused end
       return answer(deps, w, kind, b.reference, lid, res, err, b.amount)
     end)
   end
