@@ -168,6 +168,18 @@ describe("customers API", function()
     end)
   end)
 
+  it("answers a create exactly as a later read shows the customer, individual and business", function()
+    for _, body in ipairs({ cf.individual({ metadata = { ref = "r-1" } }), cf.business() }) do
+      local made = create(a.test, body)
+      assert.equals(201, made.status, made.body)
+      local got = cf.call(s.port, "GET", "/v1/customers/" .. made.json().id, a.test)
+      assert.equals(200, got.status)
+      local read = got.json()
+      read.state_changes = nil
+      assert.same(made.json(), read)
+    end
+  end)
+
   it("Idempotency-Key: the same request is replayed, other parameters refused, one customer made", function()
     local body = cf.individual()
     local key = "idem-" .. cf.unique()

@@ -9,7 +9,7 @@
 -- change starts from), a customer_state_changes row and an outbox event customer.<new state>.
 -- Events carry no PII (the outbox is plain jsonb): id, kind, state, tier, partner, mode.
 local crypto = require "nuvion.crypto"
-local nuvion = require "nuvion"
+local api = require "nuvion.api"
 local json = require "nuvion.json"
 local log = require "nuvion.log"
 local outbox = require "nuvion.outbox"
@@ -20,7 +20,7 @@ local rules = require "nuvion.rules.onboarding"
 
 local type, ipairs, tostring, tonumber, os, error, assert, setmetatable = type, ipairs, tostring,
   tonumber, os, error, assert, setmetatable
-local min, lower, concat, floor, format = math.min, string.lower, table.concat, math.floor, string.format
+local min, lower, concat = math.min, string.lower, table.concat
 
 local _M = {}
 
@@ -173,10 +173,7 @@ function _M:insert(tx, id, p, b, request_id)
     plain[column] = v
     sealed[column] = self:seal(id, column, v)
   end
-  -- created_at to the microsecond, and `created` as COLUMNS reads it back (epoch rounded)
-  local us = floor(nuvion.now() * 1e6 + 0.5)
-  local at = format("%d.%06d", floor(us / 1e6), us % 1e6)
-  local created = floor((us + 500000) / 1e6)
+  local at, created = api.timestamp()
   local doc = b.id_document
   local metadata = b.metadata or {}
   tx:defer({ INSERT, id, p.partner_id, p.mode, b.kind, sealed.name, sealed.date_of_birth, sealed.address,

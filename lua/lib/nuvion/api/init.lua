@@ -31,10 +31,12 @@ local validate = require "nuvion.api.validate"
 local idempotency = require "nuvion.api.idempotency"
 local audit = require "nuvion.api.audit"
 local list = require "nuvion.api.list"
+local nuvion = require "nuvion"
 
 local type, pairs, ipairs, error, tostring, xpcall, setmetatable = type, pairs, ipairs, error,
   tostring, xpcall, setmetatable
 local traceback = debug.traceback
+local floor, format = math.floor, string.format
 local encode = json.encode
 
 local _M = {
@@ -138,6 +140,15 @@ local function run_handler(handler, ctx)
   end
   log.error(tostring(status), { event = "handler_error", path = ctx.req.path })
   return errors.internal()
+end
+
+-- A new row's creation time, chosen here so its answer can be made before the row is written
+-- (a deferred insert): the text for `to_timestamp($n::float8)` (whole microseconds, as
+-- timestamptz keeps them) and the epoch seconds a read gives back
+-- (`extract(epoch FROM created_at)::bigint` rounds to the nearest second).
+function _M.timestamp()
+  local us = floor(nuvion.now() * 1e6 + 0.5)
+  return format("%d.%06d", floor(us / 1e6), us % 1e6), floor((us + 500000) / 1e6)
 end
 
 -- Logs a failure of a dependency (database, Redis) a route answers 503 for.

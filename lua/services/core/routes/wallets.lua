@@ -69,6 +69,10 @@ local function transfer_object(row)
            created = tonumber(row.created) }
 end
 
+local DEFERRED_TRANSFER_INSERT = "INSERT INTO wallet_transfers (id, partner_id, mode, from_wallet, to_wallet, asset, "
+  .. "amount, description, ledger_transfer_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, "
+  .. "$9::numeric, to_timestamp($10::float8))"
+
 local TRANSFER_COLUMNS = "id, mode, amount::text AS amount, asset, from_wallet, to_wallet, description, "
   .. "ledger_transfer_id::text AS ledger_transfer_id, extract(epoch FROM created_at)::bigint AS created"
 
@@ -273,14 +277,26 @@ function _M.register(app, deps)
         credit_account_id = to.ledger_account_id, amount = b.amount, ledger = from.ledger,
         code = model.TRANSFER_CODES.transfer })
     end
-    local function finish(tx)
+    local function finish(tx, res)
       local tid = ids.new("tr")
-      local rows, err = tx:query("INSERT INTO wallet_transfers (id, partner_id, mode, from_wallet, to_wallet, asset, "
-        .. "amount, description, ledger_transfer_id) VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, $9::numeric) "
-        .. "ON CONFLICT (ledger_transfer_id) DO NOTHING RETURNING " .. TRANSFER_COLUMNS,
-        tid, p.partner_id, p.mode, from.id, to.id, from.asset, amount_text(b.amount), b.description, lid)
-      if not rows then return nil, err end
-      local row = rows[1]
+      local row
+      if res == "ok" then
+        -- the ledger made this transfer just now: no row can have its ledger id yet, so the row,
+        -- its event and its audit row go with the COMMIT, answered from what is written
+        local at, created = api.timestamp()
+        local amount = amount_text(b.amount)
+        tx:defer({ DEFERRED_TRANSFER_INSERT, tid, p.partner_id, p.mode, from.id, to.id, from.asset, amount,
+                   b.description, lid, at, n = 10 })
+        row = { id = tid, mode = p.mode, amount = amount, asset = from.asset, from_wallet = from.id,
+                to_wallet = to.id, description = b.description, ledger_transfer_id = lid, created = created }
+      else
+        local rows, err = tx:query("INSERT INTO wallet_transfers (id, partner_id, mode, from_wallet, to_wallet, "
+          .. "asset, amount, description, ledger_transfer_id) VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, "
+          .. "$9::numeric) ON CONFLICT (ledger_transfer_id) DO NOTHING RETURNING " .. TRANSFER_COLUMNS,
+          tid, p.partner_id, p.mode, from.id, to.id, from.asset, amount_text(b.amount), b.description, lid)
+        if not rows then return nil, err end
+        row = rows[1]
+      end
       if row then
         local _, oerr = outbox.publish(tx, { aggregate_type = "transfer", aggregate_id = tid, type = "transfer.created",
           data = { id = tid, owner_id = p.partner_id, mode = p.mode, amount = b.amount, currency = from.asset,
@@ -304,7 +320,7 @@ function _M.register(app, deps)
       local res, lerr = move()
       if not res then return model.call_error(lerr) end
       if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
-      return db:tx(finish)
+      return db:tx(function(tx) return finish(tx, res) end)
     end
     -- a customer's wallet on either side: the limits, the ledger and the rows under its lock
     return db:tx(function(tx)
@@ -312,7 +328,7 @@ function _M.register(app, deps)
       if refused then return refused end
       if not res then return model.call_error(lerr) end
       if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
-      return finish(tx)
+      return finish(tx, res)
     end)
   end)
 

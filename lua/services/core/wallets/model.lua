@@ -13,8 +13,8 @@ local crypto = require "nuvion.crypto"
 local json = require "nuvion.json"
 local api = require "nuvion.api"
 
-local byte, floor, format, concat, tostring, type = string.byte, math.floor, string.format,
-  table.concat, tostring, type
+local byte, floor, format, concat, tostring, type, pairs = string.byte, math.floor, string.format,
+  table.concat, tostring, type, pairs
 local errors = api.errors
 
 local _M = {}
@@ -119,9 +119,37 @@ local function with_settlement(w)
 end
 _M.with_settlement = with_settlement
 
+-- A wallet row never changes once made, nor is it deleted: each worker keeps the rows it read,
+-- up to WALLET_CACHE_MAX (emptied whole when full), so a movement between known wallets reads
+-- none. Only wallets found are kept; callers get copies.
+_M.WALLET_CACHE_MAX = 10000
+local known, known_n = {}, 0
+
+local function remember(w)
+  if known[w.id] then return end
+  if known_n >= _M.WALLET_CACHE_MAX then known, known_n = {}, 0 end
+  local copy = {}
+  for k, v in pairs(w) do copy[k] = v end
+  known[w.id] = copy
+  known_n = known_n + 1
+end
+
+-- A copy of the cached wallet id when it is the partner's and mode's (p nil: anyone's), else nil.
+local function recall(id, p)
+  local w = known[id]
+  if not w or (p and (w.partner_id ~= p.partner_id or w.mode ~= p.mode)) then return nil end
+  local copy = {}
+  for k, v in pairs(w) do copy[k] = v end
+  return copy
+end
+
+function _M.cached_count() return known_n end
+
 -- A wallet of the partner and mode (p = principal), or nil and nil (not found, also another
 -- partner's) or nil and an outcome (the database failed). p nil: any wallet (internal routes).
 function _M.load(db, id, p)
+  local hit = known[id] and recall(id, p)
+  if hit then return hit end
   local rows
   if p then
     rows = db:query("SELECT " .. WALLET_COLUMNS .. " FROM wallets WHERE id = $1 AND partner_id = $2 AND mode = $3",
@@ -131,12 +159,16 @@ function _M.load(db, id, p)
   end
   if not rows then return nil, errors.unavailable() end
   if not rows[1] then return nil end
-  return with_settlement(rows[1])
+  local w = with_settlement(rows[1])
+  remember(w)
+  return w
 end
 
 -- Two wallets of the partner and mode in one query: a, b (either nil when not found), or nil,
 -- nil, outcome when the database failed.
 function _M.load_pair(db, a, b, p)
+  local ca, cb = recall(a, p), recall(b, p)
+  if ca and cb then return ca, cb end
   local rows = db:query("SELECT " .. WALLET_COLUMNS .. " FROM wallets WHERE id IN ($1, $2) AND partner_id = $3 "
     .. "AND mode = $4", a, b, p.partner_id, p.mode)
   if not rows then return nil, nil, errors.unavailable() end
@@ -144,6 +176,8 @@ function _M.load_pair(db, a, b, p)
   for _, row in ipairs(rows) do
     if row.id == a then wa = with_settlement(row) elseif row.id == b then wb = with_settlement(row) end
   end
+  if wa then remember(wa) end
+  if wb then remember(wb) end
   return wa, wb
 end
 
