@@ -17,8 +17,8 @@ local auth_config = require "nuvion.auth.config"
 local kyc = require "nuvion.providers.kyc"
 local rules = require "nuvion.rules.onboarding"
 
-local type, ipairs, tostring, tonumber, os, error, assert, setmetatable = type, ipairs, tostring,
-  tonumber, os, error, assert, setmetatable
+local type, ipairs, tostring, tonumber, os, error, assert, setmetatable, unpack = type, ipairs, tostring,
+  tonumber, os, error, assert, setmetatable, unpack
 local min, lower, concat = math.min, string.lower, table.concat
 
 local _M = {}
@@ -169,6 +169,70 @@ function _M:insert(tx, id, p, b, request_id)
                                        data = event_data(row) })
   if perr then return nil, perr end
   return row
+end
+
+-- Updates customer `row` with the fields of b (a cleaned PATCH body; metadata already merged,
+-- json.null for a phone or address removed) in tx: the changed fields sealed anew, the email and
+-- phone hashes with them, and the event customer.updated naming the fields (never their
+-- values). Returns the row as updated and the list of changed fields (none: nothing written, no
+-- event), or nil, err.
+local UPDATE_ORDER = { "first_name", "last_name", "business_name", "date_of_birth", "email", "phone", "address",
+                       "id_document", "registration_number", "directors", "metadata" }
+
+function _M:update(tx, row, b)
+  local id = row.id
+  local sets, args, changed = {}, { id }, json.array({})
+  local function set(column, v)
+    args[#args + 1] = v == nil and json.null or v
+    sets[#sets + 1] = column .. " = $" .. #args
+  end
+  for _, f in ipairs(UPDATE_ORDER) do
+    if b[f] ~= nil then changed[#changed + 1] = f end
+  end
+  if #changed == 0 then return row, changed end
+  if b.first_name or b.last_name or b.business_name then
+    local name = json.decode(self:open(id, "name", row.name_enc))
+    for _, f in ipairs({ "first_name", "last_name", "business_name" }) do
+      if b[f] ~= nil then name[f] = b[f] end
+    end
+    set("name_enc", self:seal(id, "name", name))
+  end
+  if b.date_of_birth then set("date_of_birth_enc", self:seal(id, "date_of_birth", b.date_of_birth)) end
+  if b.email then
+    set("email_enc", self:seal(id, "email", b.email))
+    set("email_hash", self:hash("email", b.email))
+  end
+  if b.phone == json.null then
+    set("phone_enc", nil)
+    set("phone_hash", nil)
+  elseif b.phone then
+    set("phone_enc", self:seal(id, "phone", b.phone))
+    set("phone_hash", self:hash("phone", b.phone))
+  end
+  if b.address == json.null then
+    set("address_enc", nil)
+  elseif b.address then
+    set("address_enc", self:seal(id, "address", b.address))
+  end
+  if b.id_document then
+    set("id_document_enc", self:seal(id, "id_document", b.id_document))
+    set("id_number_last4", b.id_document.number:sub(-4))
+  end
+  if b.registration_number then
+    set("registration_number_enc", self:seal(id, "registration_number", b.registration_number))
+  end
+  if b.directors then set("directors_enc", self:seal(id, "directors", b.directors)) end
+  if b.metadata then set("metadata", b.metadata) end
+  local rows, err = tx:query("UPDATE customers SET " .. concat(sets, ", ") .. ", updated_at = now() WHERE id = $1 "
+    .. "RETURNING " .. _M.COLUMNS, unpack(args))
+  if not rows then return nil, err end
+  local new = rows[1]
+  local data = event_data(new)
+  data.changed = changed
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.updated",
+                                       data = data })
+  if perr then return nil, perr end
+  return new, changed
 end
 
 -- The customer row of a partner and mode (nil when none: another partner's is none too).
