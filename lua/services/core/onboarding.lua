@@ -40,7 +40,8 @@ _M.ENCRYPTED = { "name", "date_of_birth", "address", "phone", "email", "id_docum
 
 _M.COLUMNS = "id, partner_id, mode, kind, state, tier, name_enc, date_of_birth_enc, address_enc, "
   .. "phone_enc, email_enc, id_document_enc, registration_number_enc, directors_enc, metadata, "
-  .. "extract(epoch from created_at)::bigint AS created, extract(epoch from updated_at)::bigint AS updated"
+  .. "extract(epoch from created_at)::bigint AS created, extract(epoch from updated_at)::bigint AS updated, "
+  .. "extract(epoch from erased_at)::bigint AS erased"
 
 -- The HMAC key of the email and phone hashes: NUVION_PII_HASH_KEY (at least 32 bytes), or in
 -- development and tests a fixed public one.
@@ -111,9 +112,16 @@ local function sealed_fields(b)
            directors = b.directors }
 end
 
+-- The public object of an erased customer: what is left of it.
+function _M.erased_object(row)
+  return { id = row.id, object = "customer", deleted = true, mode = row.mode, livemode = row.mode == "live",
+           kind = row.kind, state = row.state, created = row.created, updated = row.updated, erased = row.erased }
+end
+
 -- The public object of a customer row (PII opened).
 function _M:object(row)
   local id = row.id
+  if row.state == "erased" then return _M.erased_object(row) end
   local name = json.decode(self:open(id, "name", row.name_enc))
   local o = { id = id, object = "customer", mode = row.mode, livemode = row.mode == "live",
               kind = row.kind, state = row.state, tier = row.tier,
@@ -233,6 +241,39 @@ function _M:update(tx, row, b)
                                        data = data })
   if perr then return nil, perr end
   return new, changed
+end
+
+-- Erases customer `row` (locked by the caller, not in review, not erased) in tx: every sealed
+-- column, both hashes, the ID number's last 4 and the metadata cleared, state 'erased' (final:
+-- a trigger refuses any later update), a state change row, the event customer.deleted, and the
+-- responses kept for Idempotency-Keys of this customer's own requests (they hold its PII)
+-- replaced by the erased object. Returns the erased row, or nil, err.
+function _M.erase(tx, row, request_id)
+  local id = row.id
+  local rows, err = tx:query("UPDATE customers SET state = 'erased', tier = 0, name_enc = NULL, "
+    .. "date_of_birth_enc = NULL, address_enc = NULL, phone_enc = NULL, email_enc = NULL, id_document_enc = NULL, "
+    .. "registration_number_enc = NULL, directors_enc = NULL, email_hash = NULL, phone_hash = NULL, "
+    .. "id_number_last4 = NULL, metadata = '{}', erased_at = now(), updated_at = now() "
+    .. "WHERE id = $1 AND state = $2 RETURNING " .. _M.COLUMNS, id, row.state)
+  if not rows then return nil, err end
+  local new = rows[1]
+  if not new then return nil, "customer " .. id .. " moved while being erased" end
+  rows, err = tx:query("INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+    .. "VALUES ($1, $2, 'erased', 'erased', $3)", id, row.state, request_id)
+  if not rows then return nil, err end
+  -- the stored answers of POST /v1/customers (the id in the body) and of /v1/customers/<id>...
+  rows, err = tx:query("UPDATE api_idempotency_keys SET response_body = $4 WHERE partner_id = $1 AND mode = $2 "
+    .. "AND completed_at IS NOT NULL AND response_status < 300 AND ((request_path = '/v1/customers' "
+    .. "AND strpos(response_body, '\"id\":\"' || $3::text || '\"') > 0) OR request_path = '/v1/customers/' || $3::text "
+    .. "OR starts_with(request_path, '/v1/customers/' || $3::text || '/'))", new.partner_id, new.mode, id,
+    assert(json.encode({ id = id, object = "customer", deleted = true })))
+  if not rows then return nil, err end
+  local data = event_data(new)
+  data.deleted = true
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.deleted",
+                                       data = data })
+  if perr then return nil, perr end
+  return new
 end
 
 -- The customer row of a partner and mode (nil when none: another partner's is none too).

@@ -7,6 +7,7 @@
 --   GET  /v1/customers/:id                                                        customers:read
 --   PATCH /v1/customers/:id            contact details, metadata; identity fields while
 --                                      pending or action_required                customers:write
+--   DELETE /v1/customers/:id           erasure: PII gone, the row and its history kept  customers:write
 --   POST /v1/customers/:id/verify      pending -> in_review, check sent to KYC    customers:write
 --   POST /v1/customers/:id/documents   action_required -> in_review, new document customers:write
 --
@@ -15,6 +16,7 @@ local api = require "nuvion.api"
 local json = require "nuvion.json"
 local nuvion = require "nuvion"
 local onboarding = require "onboarding"
+local wallets = require "wallets.model"
 
 local type, ipairs, pairs, tonumber, pcall, os = type, ipairs, pairs, tonumber, pcall, os
 local errors, ids, list = api.errors, api.ids, api.list
@@ -210,7 +212,7 @@ function _M.register(app, deps)
 
   routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, guarded(function(ctx)
     local p, args = ctx.principal, ctx.req.args
-    local where, qargs = "partner_id = $1 AND mode = $2", { p.partner_id, p.mode }
+    local where, qargs = "partner_id = $1 AND mode = $2 AND state <> 'erased'", { p.partner_id, p.mode }
     for _, f in ipairs({ "email", "phone" }) do
       local v = args[f]
       if v ~= nil then
@@ -273,6 +275,56 @@ function _M.register(app, deps)
       return ctx:respond(tx, 200, store:object(new))
     end)
   end)))
+
+  -- The customer's wallets that hold anything (posted, or pending either way), or nil and an
+  -- outcome (the ledger failed).
+  local function wallets_in_use(tx, p, id)
+    local rows, err = tx:query("SELECT " .. wallets.WALLET_COLUMNS .. " FROM wallets WHERE partner_id = $1 "
+      .. "AND mode = $2 AND owner_type = 'customer' AND owner_id = $3 ORDER BY id", p.partner_id, p.mode, id)
+    if not rows then return nil, db_error(err) end
+    local used = {}
+    for _, w in ipairs(rows) do
+      local b, berr = deps.ledger:balances(w.ledger_account_id, { normal = "credit" })
+      if not b then
+        api.log_error("customer erasure: ledger balances failed", berr and berr.code)
+        return nil, errors.unavailable("The ledger is unavailable, try again.")
+      end
+      if b.posted ~= 0 or b.debits_pending ~= 0 or b.credits_pending ~= 0 then used[#used + 1] = w.id end
+    end
+    return used
+  end
+
+  -- Erasure (GDPR): refused while a check runs (in_review: its result would land on nothing) or
+  -- while a wallet of the customer holds money; an erased customer is answered the same again.
+  routes:delete("/v1/customers/:id", { scope = "customers:write", audit = "customer.delete" }, guarded(function(ctx)
+    local id, p = ctx.req.params.id, ctx.principal
+    if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
+    local gone = { id = id, object = "customer", deleted = true }
+    local out, err = db:tx(function(tx)
+      local row, gerr = store:get(tx, p, id, true)
+      if row == nil then return nil, gerr end
+      if not row then return errors.not_found("customer", id) end
+      if row.state == "erased" then return gone end
+      if row.state == "in_review" then
+        return errors.new(409, "customer_in_review", "Customer " .. id .. " is in review; it can be erased once "
+          .. "the check has decided.", "id", "invalid_request_error")
+      end
+      local used, uerr = wallets_in_use(tx, p, id)
+      if not used then return uerr end
+      if #used > 0 then
+        return errors.new(409, "customer_has_balance", "Customer " .. id .. " has money in wallet "
+          .. used[1] .. "; empty its wallets before erasing it.", "id", "invalid_request_error")
+      end
+      local erased, eerr = onboarding.erase(tx, row, ctx.req.id)
+      if not erased then return nil, eerr end
+      local _, aerr = ctx:audit(tx, id)
+      if aerr then return nil, aerr end
+      return gone
+    end)
+    if not out then return db_error(err) end
+    if errors.is_outcome(out) then return out end
+    return 200, out
+  end))
 
   -- Starts a check: the transition and the verification row commit together, then the check is
   -- sent; a submission that fails or times out stays "submitting" and the poller sends it again
