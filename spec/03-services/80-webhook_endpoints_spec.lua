@@ -153,6 +153,35 @@ describe("core webhook endpoints", function()
     assert(openapi.check(one.data, "WebhookDelivery"))
   end)
 
+  it("delivers customer.updated and customer.deleted, without PII", function()
+    local name = "custupd" .. cf.unique()
+    local ep = new_endpoint(name, { "customer.updated", "customer.deleted" })
+    local body = cf.individual()
+    local c = call("POST", "/v1/customers", body)
+    assert.equals(201, c.status, c.body)
+    local cid = c.data.id
+    local up = call("PATCH", "/v1/customers/" .. cid, { email = "new." .. cf.unique() .. "@example.com",
+                                                        metadata = { crm = "crm-secret-ref" } })
+    assert.equals(200, up.status, up.body)
+    assert.equals(200, call("DELETE", "/v1/customers/" .. cid).status)
+    local want = { "customer.updated:" .. cid, "customer.deleted:" .. cid }
+    local list = received(name, has_all(want))
+    assert.is_true(has_all(want)(list), table.concat(types_of(list), " "))
+    assert.equals(2, #list)                -- customer.created was not asked for
+    for _, m in ipairs(list) do
+      assert.is_true(webhooks.verify(m.signature, m.body, { ep.secret }))
+      for _, secret in ipairs({ body.email, up.data.email, body.first_name, body.last_name, "crm-secret-ref" }) do
+        assert.is_nil(m.body:find(secret, 1, true), secret)
+      end
+      if m.event.type == "customer.updated" then
+        assert.same({ "email", "metadata" }, m.event.data.changed)
+      else
+        assert.is_true(m.event.data.deleted)
+        assert.equals("erased", m.event.data.state)
+      end
+    end
+  end)
+
   it("only sends the enabled events, and none to a disabled endpoint", function()
     local name = "filter" .. cf.unique()
     local ep = new_endpoint(name, { "wallet.funded" })
