@@ -153,6 +153,35 @@ describe("core webhook endpoints", function()
     assert(openapi.check(one.data, "WebhookDelivery"))
   end)
 
+  it("delivers customer.updated and customer.deleted, without PII", function()
+    local name = "custupd" .. cf.unique()
+    local ep = new_endpoint(name, { "customer.updated", "customer.deleted" })
+    local body = cf.individual()
+    local c = call("POST", "/v1/customers", body)
+    assert.equals(201, c.status, c.body)
+    local cid = c.data.id
+    local up = call("PATCH", "/v1/customers/" .. cid, { email = "new." .. cf.unique() .. "@example.com",
+                                                        metadata = { crm = "crm-secret-ref" } })
+    assert.equals(200, up.status, up.body)
+    assert.equals(200, call("DELETE", "/v1/customers/" .. cid).status)
+    local want = { "customer.updated:" .. cid, "customer.deleted:" .. cid }
+    local list = received(name, has_all(want))
+    assert.is_true(has_all(want)(list), table.concat(types_of(list), " "))
+    assert.equals(2, #list)                -- customer.created was not asked for
+    for _, m in ipairs(list) do
+      assert.is_true(webhooks.verify(m.signature, m.body, { ep.secret }))
+      for _, secret in ipairs({ body.email, up.data.email, body.first_name, body.last_name, "crm-secret-ref" }) do
+        assert.is_nil(m.body:find(secret, 1, true), secret)
+      end
+      if m.event.type == "customer.updated" then
+        assert.same({ "email", "metadata" }, m.event.data.changed)
+      else
+        assert.is_true(m.event.data.deleted)
+        assert.equals("erased", m.event.data.state)
+      end
+    end
+  end)
+
   it("only sends the enabled events, and none to a disabled endpoint", function()
     local name = "filter" .. cf.unique()
     local ep = new_endpoint(name, { "wallet.funded" })
@@ -311,6 +340,87 @@ describe("core webhook endpoints", function()
     local actions = {}
     for i, row in ipairs(aud) do actions[i] = row.action end
     assert.same({ "webhook_endpoint.create", "webhook_endpoint.update", "webhook_endpoint.delete" }, actions)
+  end)
+
+  it("pages endpoints and deliveries both ways; each delivery has its own attempts", function()
+    local q = cf.partner(s.db)            -- a partner of its own: its lists hold this test's objects only
+    local function get(path) return call("GET", path, nil, q.test) end
+    local function ids_of(res)
+      local t = {}
+      for i, o in ipairs(res.data.data) do t[i] = o.id end
+      return t
+    end
+    local function page(path, want, more)
+      local res = get(path)
+      assert.equals(200, res.status, res.body)
+      assert(openapi.check(res.data, "List"))
+      assert.same(want, ids_of(res), path)
+      assert.equals(more, res.data.has_more, path)
+      return res
+    end
+    local e = {}
+    for i = 1, 5 do e[i] = new_endpoint("pg" .. cf.unique(), { "wallet.created" }, q.test).id end
+    local E = "/v1/webhook_endpoints?limit="
+    page(E .. "2", { e[5], e[4] }, true)
+    page(E .. "2&starting_after=" .. e[4], { e[3], e[2] }, true)
+    page(E .. "2&starting_after=" .. e[2], { e[1] }, false)
+    page(E .. "2&ending_before=" .. e[1], { e[3], e[2] }, true)
+    page(E .. "2&ending_before=" .. e[3], { e[5], e[4] }, false)
+    page(E .. "10&ending_before=" .. e[4], { e[5] }, false)
+    page(E .. "10&ending_before=" .. e[5], {}, false)
+    for _, bad in ipairs({ { "?starting_after=" .. e[1] .. "&ending_before=" .. e[2], "ending_before" },
+                           { "?ending_before=cus_01m86w64ww8cbm3e3ym33qkdx0", "ending_before" },
+                           { "?ending_before=we_zz", "ending_before" },
+                           { "?limit=101", "limit" } }) do
+      local res = get("/v1/webhook_endpoints" .. bad[1])
+      assert.equals(400, res.status, res.body)
+      assert(openapi.check(res.data, "Error"))
+      assert.equals("parameter_invalid", res.data.error.code)
+      assert.equals(bad[2], res.data.error.param)
+    end
+
+    -- 5 wallets: 5 deliveries to each endpoint
+    for _ = 1, 5 do assert.equals(200, call("POST", "/v1/wallets", { currency = "USD" }, q.test).status) end
+    local D = "/v1/webhook_deliveries?endpoint=" .. e[5] .. "&limit="
+    local all
+    local deadline = nuvion.monotonic_ms() + 10000
+    repeat
+      all = get(D .. "100")
+      local done = 0
+      for _, d in ipairs(all.data.data) do if d.status == "succeeded" then done = done + 1 end end
+      if done == 5 then break end
+      nuvion.sleep(50)
+    until nuvion.monotonic_ms() > deadline
+    assert(openapi.check(all.data, "WebhookDeliveryList"))
+    local d = ids_of(all)                 -- newest first
+    assert.equals(5, #d)
+    page(D .. "2", { d[1], d[2] }, true)
+    page(D .. "2&starting_after=" .. d[2], { d[3], d[4] }, true)
+    page(D .. "2&starting_after=" .. d[4], { d[5] }, false)
+    page(D .. "2&ending_before=" .. d[5], { d[3], d[4] }, true)
+    page(D .. "2&ending_before=" .. d[3], { d[1], d[2] }, false)
+    page(D .. "10&ending_before=" .. d[1], {}, false)
+    local both = get(D .. "2&starting_after=" .. d[1] .. "&ending_before=" .. d[2])
+    assert.equals(400, both.status)
+    assert.equals("ending_before", both.data.error.param)
+    local badc = get(D .. "2&ending_before=" .. e[1])
+    assert.equals(400, badc.status)
+    assert.equals("ending_before", badc.data.error.param)
+
+    -- a second attempt on the middle delivery: the list gives it both, and its neighbours theirs
+    assert(s.db:query("INSERT INTO webhook_attempts (delivery_id, attempt, started_at, latency_ms, status_code, "
+      .. "ok, error) VALUES ($1, 2, now(), 7, 500, false, 'spec')", d[3]))
+    local res = page(D .. "3&ending_before=" .. d[5], { d[2], d[3], d[4] }, true)
+    assert(openapi.check(res.data, "WebhookDeliveryList"))
+    local counts = {}
+    for i, x in ipairs(res.data.data) do
+      counts[i] = #x.attempt_list
+      for j, a in ipairs(x.attempt_list) do assert.equals(j, a.attempt) end
+    end
+    assert.same({ 1, 2, 1 }, counts)
+    assert.equals(500, res.data.data[2].attempt_list[2].status_code)
+    assert.equals(200, res.data.data[2].attempt_list[1].status_code)
+    assert.same(res.data.data[2].attempt_list, get("/v1/webhook_deliveries/" .. d[3]).data.attempt_list)
   end)
 
   it("is 404 for another partner and for the other mode, on every route", function()

@@ -240,20 +240,52 @@ function WH:get_endpoint(owner_id, id)
   return endpoint_view(rows[1])
 end
 
--- list_endpoints(owner_id, { limit = 10, starting_after = id }) -> { object = "list", data, has_more }
-function WH:list_endpoints(owner_id, p)
-  p = p or {}
+-- The keyset part of a list: p = { limit = 10, starting_after = id | ending_before = id } ->
+-- limit, the SQL condition on the id column (after `and`, with $n the cursor), its order, the
+-- cursor (nil on a first page); or nil, err. Ids sort by creation time (nuvion.ids).
+local function keyset(p, n)
   local limit = p.limit or 10
   if type(limit) ~= "number" or limit < 1 or limit > 100 or limit ~= floor(limit) then
     return nil, fail("invalid_limit", "limit must be an integer in [1, 100]", "limit")
   end
-  local rows, err = self.db:query("SELECT " .. ENDPOINT_COLUMNS .. " FROM webhook_endpoints " ..
-    "WHERE owner_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-    owner_id, p.starting_after, limit + 1)
-  if not rows then return nil, err end
+  if p.starting_after ~= nil and p.ending_before ~= nil then
+    return nil, fail("invalid_cursor", "give starting_after or ending_before, not both", "ending_before")
+  end
+  for _, k in ipairs({ "starting_after", "ending_before" }) do
+    if p[k] ~= nil and (type(p[k]) ~= "string" or #p[k] > 64) then
+      return nil, fail("invalid_cursor", k .. " must be an id", k)
+    end
+  end
+  if p.ending_before ~= nil then
+    return limit, format("id > $%d", n), "ASC", p.ending_before
+  end
+  return limit, format("($%d::text IS NULL OR id < $%d)", n, n), "DESC", p.starting_after
+end
+
+-- A page fetched with keyset's order, newest first whatever the direction: data (the first
+-- `limit` rows, mapped) and has_more (more rows beyond the page in the direction read).
+local function page_of(rows, limit, order, map)
+  local count = math.min(#rows, limit)
   local data = {}
-  for i = 1, math.min(#rows, limit) do data[i] = endpoint_view(rows[i]) end
-  return { object = "list", data = json.array(data), has_more = #rows > limit }
+  for i = 1, count do
+    data[i] = map(order == "ASC" and rows[count + 1 - i] or rows[i])
+  end
+  return json.array(data), #rows > limit
+end
+
+-- list_endpoints(owner_id, { limit = 10, starting_after = id | ending_before = id })
+--   -> { object = "list", data, has_more }, newest first; has_more: more endpoints older than
+--   the page (first and starting_after pages) or newer than it (ending_before pages).
+function WH:list_endpoints(owner_id, p)
+  p = p or {}
+  local limit, cond, order, cursor = keyset(p, 2)
+  if not limit then return nil, cond end
+  local rows, err = self.db:query("SELECT " .. ENDPOINT_COLUMNS .. " FROM webhook_endpoints " ..
+    "WHERE owner_id = $1 AND deleted_at IS NULL AND " .. cond .. " ORDER BY id " .. order .. " LIMIT $3",
+    owner_id, cursor, limit + 1)
+  if not rows then return nil, err end
+  local data, has_more = page_of(rows, limit, order, endpoint_view)
+  return { object = "list", data = data, has_more = has_more }
 end
 
 -- update_endpoint(owner_id, id, { url, event_types, description, enabled }) -> endpoint | nil, err
@@ -660,29 +692,66 @@ function WH:replay(owner_id, delivery_id)
   return rows[1].id
 end
 
+local DELIVERY_COLUMNS = "id, endpoint_id, event_id, event_type, status, attempts, last_status_code, last_error, " ..
+  "replay_of, extract(epoch FROM next_attempt_at) AS next_attempt_at, " ..
+  "extract(epoch FROM created_at)::bigint AS created"
+
+local function attempt_view(a)
+  return { attempt = a.attempt, started_at = tonumber(a.started_at), latency_ms = a.latency_ms,
+           status_code = a.status_code, ok = a.ok, error = a.error, response_excerpt = a.response_excerpt }
+end
+
+-- Gives each delivery row its attempt_list (oldest first), the attempts of all of them read in
+-- one query. Returns the rows, or nil, err.
+function WH:with_attempts(rows)
+  if #rows == 0 then return rows end
+  local list, by_id = {}, {}
+  for i, d in ipairs(rows) do
+    list[i] = d.id
+    by_id[d.id] = {}
+    d.object = "webhook_delivery"
+    d.next_attempt_at = tonumber(d.next_attempt_at)
+  end
+  local att, err = self.db:query(
+    "SELECT delivery_id, attempt, extract(epoch FROM started_at) AS started_at, latency_ms, status_code, ok, " ..
+    "error, response_excerpt FROM webhook_attempts WHERE delivery_id = ANY($1::text[]) " ..
+    "ORDER BY delivery_id, attempt", "{" .. concat(list, ",") .. "}")
+  if not att then return nil, err end
+  for _, a in ipairs(att) do
+    local l = by_id[a.delivery_id]
+    l[#l + 1] = attempt_view(a)
+  end
+  for _, d in ipairs(rows) do d.attempt_list = json.array(by_id[d.id]) end
+  return rows
+end
+
 -- get_delivery(owner_id, id) -> delivery with its attempts (oldest first) | nil, err
 function WH:get_delivery(owner_id, id)
-  local rows, err = self.db:query(
-    "SELECT id, endpoint_id, event_id, event_type, status, attempts, last_status_code, last_error, replay_of, " ..
-    "extract(epoch FROM next_attempt_at) AS next_attempt_at, extract(epoch FROM created_at)::bigint AS created " ..
-    "FROM webhook_deliveries WHERE owner_id = $1 AND id = $2", owner_id, id)
+  local rows, err = self.db:query("SELECT " .. DELIVERY_COLUMNS .. " FROM webhook_deliveries " ..
+                                  "WHERE owner_id = $1 AND id = $2", owner_id, id)
   if not rows then return nil, err end
-  local d = rows[1]
-  if not d then return nil, fail("resource_missing", "No such delivery: " .. tostring(id), "id") end
-  local att
-  att, err = self.db:query(
-    "SELECT attempt, extract(epoch FROM started_at) AS started_at, latency_ms, status_code, ok, error, " ..
-    "response_excerpt FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt", id)
-  if not att then return nil, err end
-  local list = {}
-  for i, a in ipairs(att) do
-    list[i] = { attempt = a.attempt, started_at = tonumber(a.started_at), latency_ms = a.latency_ms,
-                status_code = a.status_code, ok = a.ok, error = a.error, response_excerpt = a.response_excerpt }
-  end
-  d.object = "webhook_delivery"
-  d.next_attempt_at = tonumber(d.next_attempt_at)
-  d.attempt_list = json.array(list)
-  return d
+  if not rows[1] then return nil, fail("resource_missing", "No such delivery: " .. tostring(id), "id") end
+  local ok, aerr = self:with_attempts(rows)
+  if not ok then return nil, aerr end
+  return rows[1]
+end
+
+-- list_deliveries(owner_id, endpoint_id, { limit = 10, starting_after = id | ending_before = id })
+--   -> { object = "list", data, has_more }: the endpoint's deliveries, newest first, each with
+--   its attempt_list. Two queries whatever the page's size (the page, then all its attempts).
+--   The endpoint is not checked here (its owner's deliveries only are read).
+function WH:list_deliveries(owner_id, endpoint_id, p)
+  p = p or {}
+  local limit, cond, order, cursor = keyset(p, 3)
+  if not limit then return nil, cond end
+  local rows, err = self.db:query("SELECT " .. DELIVERY_COLUMNS .. " FROM webhook_deliveries " ..
+    "WHERE owner_id = $1 AND endpoint_id = $2 AND " .. cond .. " ORDER BY id " .. order .. " LIMIT $4",
+    owner_id, endpoint_id, cursor, limit + 1)
+  if not rows then return nil, err end
+  local data, has_more = page_of(rows, limit, order, function(d) return d end)
+  local ok, aerr = self:with_attempts(data)
+  if not ok then return nil, aerr end
+  return { object = "list", data = data, has_more = has_more }
 end
 
 return _M

@@ -18,8 +18,8 @@ local auth_config = require "nuvion.auth.config"
 local kyc = require "nuvion.providers.kyc"
 local rules = require "nuvion.rules.onboarding"
 
-local type, ipairs, tostring, tonumber, os, error, assert, setmetatable = type, ipairs, tostring,
-  tonumber, os, error, assert, setmetatable
+local type, ipairs, tostring, tonumber, os, error, assert, setmetatable, unpack = type, ipairs, tostring,
+  tonumber, os, error, assert, setmetatable, unpack
 local min, lower, concat = math.min, string.lower, table.concat
 
 local _M = {}
@@ -41,7 +41,8 @@ _M.ENCRYPTED = { "name", "date_of_birth", "address", "phone", "email", "id_docum
 
 _M.COLUMNS = "id, partner_id, mode, kind, state, tier, name_enc, date_of_birth_enc, address_enc, "
   .. "phone_enc, email_enc, id_document_enc, registration_number_enc, directors_enc, metadata, "
-  .. "extract(epoch from created_at)::bigint AS created, extract(epoch from updated_at)::bigint AS updated"
+  .. "extract(epoch from created_at)::bigint AS created, extract(epoch from updated_at)::bigint AS updated, "
+  .. "extract(epoch from erased_at)::bigint AS erased"
 
 -- The HMAC key of the email and phone hashes: NUVION_PII_HASH_KEY (at least 32 bytes), or in
 -- development and tests a fixed public one.
@@ -112,10 +113,17 @@ local function sealed_fields(b)
            directors = b.directors }
 end
 
+-- The public object of an erased customer: what is left of it.
+function _M.erased_object(row)
+  return { id = row.id, object = "customer", deleted = true, mode = row.mode, livemode = row.mode == "live",
+           kind = row.kind, state = row.state, created = row.created, updated = row.updated, erased = row.erased }
+end
+
 -- The public object of a customer row: its PII opened, or, for a row just made, taken from
 -- `plain` (column -> the text that was sealed) without opening what was sealed a moment ago.
 function _M:object(row, plain)
   local id = row.id
+  if row.state == "erased" then return _M.erased_object(row) end
   local function field(column)
     if plain then return plain[column] end
     return self:open(id, column, row[column .. "_enc"])
@@ -186,6 +194,103 @@ function _M:insert(tx, id, p, b, request_id)
                                        data = event_data(row) })
   if perr then return nil, perr end
   return row, plain
+end
+
+-- Updates customer `row` with the fields of b (a cleaned PATCH body; metadata already merged,
+-- json.null for a phone or address removed) in tx: the changed fields sealed anew, the email and
+-- phone hashes with them, and the event customer.updated naming the fields (never their
+-- values). Returns the row as updated and the list of changed fields (none: nothing written, no
+-- event), or nil, err.
+local UPDATE_ORDER = { "first_name", "last_name", "business_name", "date_of_birth", "email", "phone", "address",
+                       "id_document", "registration_number", "directors", "metadata" }
+
+function _M:update(tx, row, b)
+  local id = row.id
+  local sets, args, changed = {}, { id }, json.array({})
+  local function set(column, v)
+    args[#args + 1] = v == nil and json.null or v
+    sets[#sets + 1] = column .. " = $" .. #args
+  end
+  for _, f in ipairs(UPDATE_ORDER) do
+    if b[f] ~= nil then changed[#changed + 1] = f end
+  end
+  if #changed == 0 then return row, changed end
+  if b.first_name or b.last_name or b.business_name then
+    local name = json.decode(self:open(id, "name", row.name_enc))
+    for _, f in ipairs({ "first_name", "last_name", "business_name" }) do
+      if b[f] ~= nil then name[f] = b[f] end
+    end
+    set("name_enc", self:seal(id, "name", name))
+  end
+  if b.date_of_birth then set("date_of_birth_enc", self:seal(id, "date_of_birth", b.date_of_birth)) end
+  if b.email then
+    set("email_enc", self:seal(id, "email", b.email))
+    set("email_hash", self:hash("email", b.email))
+  end
+  if b.phone == json.null then
+    set("phone_enc", nil)
+    set("phone_hash", nil)
+  elseif b.phone then
+    set("phone_enc", self:seal(id, "phone", b.phone))
+    set("phone_hash", self:hash("phone", b.phone))
+  end
+  if b.address == json.null then
+    set("address_enc", nil)
+  elseif b.address then
+    set("address_enc", self:seal(id, "address", b.address))
+  end
+  if b.id_document then
+    set("id_document_enc", self:seal(id, "id_document", b.id_document))
+    set("id_number_last4", b.id_document.number:sub(-4))
+  end
+  if b.registration_number then
+    set("registration_number_enc", self:seal(id, "registration_number", b.registration_number))
+  end
+  if b.directors then set("directors_enc", self:seal(id, "directors", b.directors)) end
+  if b.metadata then set("metadata", b.metadata) end
+  local rows, err = tx:query("UPDATE customers SET " .. concat(sets, ", ") .. ", updated_at = now() WHERE id = $1 "
+    .. "RETURNING " .. _M.COLUMNS, unpack(args))
+  if not rows then return nil, err end
+  local new = rows[1]
+  local data = event_data(new)
+  data.changed = changed
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.updated",
+                                       data = data })
+  if perr then return nil, perr end
+  return new, changed
+end
+
+-- Erases customer `row` (locked by the caller, not in review, not erased) in tx: every sealed
+-- column, both hashes, the ID number's last 4 and the metadata cleared, state 'erased' (final:
+-- a trigger refuses any later update), a state change row, the event customer.deleted, and the
+-- responses kept for Idempotency-Keys of this customer's own requests (they hold its PII)
+-- replaced by the erased object. Returns the erased row, or nil, err.
+function _M.erase(tx, row, request_id)
+  local id = row.id
+  local rows, err = tx:query("UPDATE customers SET state = 'erased', tier = 0, name_enc = NULL, "
+    .. "date_of_birth_enc = NULL, address_enc = NULL, phone_enc = NULL, email_enc = NULL, id_document_enc = NULL, "
+    .. "registration_number_enc = NULL, directors_enc = NULL, email_hash = NULL, phone_hash = NULL, "
+    .. "id_number_last4 = NULL, metadata = '{}', erased_at = now(), updated_at = now() "
+    .. "WHERE id = $1 AND state = $2 RETURNING " .. _M.COLUMNS, id, row.state)
+  if not rows then return nil, err end
+  local new = rows[1]
+  if not new then return nil, "customer " .. id .. " moved while being erased" end
+  rows, err = tx:query("INSERT INTO customer_state_changes (customer_id, from_state, to_state, reason, request_id) "
+    .. "VALUES ($1, $2, 'erased', 'erased', $3)", id, row.state, request_id)
+  if not rows then return nil, err end
+  -- the stored answers of POST /v1/customers (the id in the body) and of /v1/customers/<id>...
+  rows, err = tx:query("UPDATE api_idempotency_keys SET response_body = $4 WHERE partner_id = $1 AND mode = $2 "
+    .. "AND completed_at IS NOT NULL AND response_status < 300 AND ((request_path = '/v1/customers' "
+    .. "AND strpos(response_body, '\"id\":\"' || $3::text || '\"') > 0) OR request_path = '/v1/customers/' || $3::text "
+    .. "OR starts_with(request_path, '/v1/customers/' || $3::text || '/'))", new.partner_id, new.mode, id,
+    assert(json.encode({ id = id, object = "customer", deleted = true })))
+  if not rows then return nil, err end
+  local data = event_data(new)
+  data.deleted = true
+  local _, perr = outbox.publish(tx, { aggregate_type = "customer", aggregate_id = id, type = "customer.deleted",
+                                       data = data })
+  if perr then return nil, perr end
+  return new
 end
 
 -- The customer row of a partner and mode (nil when none: another partner's is none too).

@@ -5,15 +5,20 @@
 --   POST /v1/customers                 the customer (individual or business)      customers:write
 --   GET  /v1/customers                 ?email&phone&limit&starting_after&ending_before  customers:read
 --   GET  /v1/customers/:id                                                        customers:read
+--   PATCH /v1/customers/:id            contact details, metadata; identity fields while
+--                                      pending or action_required                customers:write
+--   DELETE /v1/customers/:id           erasure: PII gone, the row and its history kept  customers:write
 --   POST /v1/customers/:id/verify      pending -> in_review, check sent to KYC    customers:write
 --   POST /v1/customers/:id/documents   action_required -> in_review, new document customers:write
 --
 -- KYC results are polled from the provider by a timer of each worker (NUVION_KYC_POLL_MS).
 local api = require "nuvion.api"
+local json = require "nuvion.json"
 local nuvion = require "nuvion"
 local onboarding = require "onboarding"
+local wallets = require "wallets.model"
 
-local type, ipairs, tonumber, pcall, os = type, ipairs, tonumber, pcall, os
+local type, ipairs, pairs, tonumber, pcall, os = type, ipairs, pairs, tonumber, pcall, os
 local errors, ids, list = api.errors, api.ids, api.list
 
 local _M = {}
@@ -61,6 +66,29 @@ _M.CREATE = { type = "object", properties = {
   metadata = { type = "object", max_properties = 20, additional_properties = { type = "string", max_length = 500 } },
 } }
 
+-- PATCH: every field of CREATE but kind, none required; phone and address may be null (removed);
+-- a metadata value "" removes its key.
+_M.UPDATE = { type = "object", properties = {} }
+for k, v in pairs(_M.CREATE.properties) do
+  if k ~= "kind" then
+    local c = {}
+    for f, x in pairs(v) do c[f] = x end
+    c.required = nil
+    if k == "phone" or k == "address" then c.nullable = true end
+    if k == "metadata" then
+      c.description = "Merged into the customer's metadata; a key set to \"\" is removed."
+    end
+    _M.UPDATE.properties[k] = c
+  end
+end
+
+-- The fields of the customer's identity: what the KYC check was (or will be) run on. They change
+-- only before a check decided (pending, action_required).
+_M.IDENTITY = { "first_name", "last_name", "date_of_birth", "id_document", "business_name",
+                "registration_number", "directors" }
+_M.IDENTITY_STATES = { pending = true, action_required = true }
+_M.METADATA_MAX = 20
+
 _M.DOCUMENT = { type = "object", properties = {
   type = DOC_TYPE, number = DOC_NUMBER, country = COUNTRY,
 } }
@@ -86,14 +114,12 @@ local function valid_date(s, today)
   return y >= 1900 and s <= today
 end
 
--- The checks a schema cannot say: what the kind needs, real dates. nil or an outcome.
-function _M.check_kind(b, today)
-  for _, f in ipairs(_M.REQUIRED[b.kind]) do
-    if b[f] == nil then return errors.missing(f) end
-  end
-  for _, f in ipairs(_M.FOREIGN[b.kind]) do
+-- Fields of the other kind (an outcome) and dates that are not real (the body's and its
+-- directors'). nil or an outcome.
+local function check_fields(b, kind, today)
+  for _, f in ipairs(_M.FOREIGN[kind]) do
     if b[f] ~= nil then
-      return errors.invalid("parameter_invalid", f .. " is not a field of " .. b.kind .. " customers.", f)
+      return errors.invalid("parameter_invalid", f .. " is not a field of " .. kind .. " customers.", f)
     end
   end
   if b.date_of_birth and not valid_date(b.date_of_birth, today) then
@@ -106,6 +132,35 @@ function _M.check_kind(b, today)
     end
   end
   return nil
+end
+
+-- The checks a schema cannot say: what the kind needs, real dates. nil or an outcome.
+function _M.check_kind(b, today)
+  for _, f in ipairs(_M.REQUIRED[b.kind]) do
+    if b[f] == nil then return errors.missing(f) end
+  end
+  return check_fields(b, b.kind, today)
+end
+
+-- The same for an update of a customer of that kind (nothing is required).
+function _M.check_update(b, kind, today)
+  return check_fields(b, kind, today)
+end
+
+-- The customer's metadata with the update's merged in ("" removes a key), or nil and an outcome
+-- when it would hold more than METADATA_MAX keys.
+function _M.merge_metadata(old, upd)
+  local m, n = json.object({}), 0
+  for k, v in pairs(old or {}) do m[k] = v end
+  for k, v in pairs(upd) do
+    if v == "" then m[k] = nil else m[k] = v end
+  end
+  for _ in pairs(m) do n = n + 1 end
+  if n > _M.METADATA_MAX then
+    return nil, errors.invalid("parameter_invalid", "metadata would hold " .. n .. " keys; at most "
+      .. _M.METADATA_MAX .. ".", "metadata")
+  end
+  return m
 end
 
 local function today() return os.date("!%Y-%m-%d", nuvion.now()) end
@@ -157,7 +212,7 @@ function _M.register(app, deps)
 
   routes:get("/v1/customers", { scope = "customers:read", list = "cus" }, guarded(function(ctx)
     local p, args = ctx.principal, ctx.req.args
-    local where, qargs = "partner_id = $1 AND mode = $2", { p.partner_id, p.mode }
+    local where, qargs = "partner_id = $1 AND mode = $2 AND state <> 'erased'", { p.partner_id, p.mode }
     for _, f in ipairs({ "email", "phone" }) do
       local v = args[f]
       if v ~= nil then
@@ -185,6 +240,90 @@ function _M.register(app, deps)
     if not hist then return db_error(herr) end
     o.state_changes = hist
     return 200, o
+  end))
+
+  -- PATCH takes an Idempotency-Key as the POSTs do: api.route gives keys to POST routes only, so
+  -- this one is built as a POST and added under PATCH (the key's request hash names POST).
+  app:add("PATCH", "/v1/customers/:id", api.route(deps, "POST", { scope = "customers:write", schema = _M.UPDATE,
+                                                                  audit = "customer.update" }, guarded(function(ctx)
+    local id, p, b = ctx.req.params.id, ctx.principal, ctx.body
+    if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
+    return db:tx(function(tx)
+      local row, gerr = store:get(tx, p, id, true)
+      if row == nil then return nil, gerr end
+      if not row then return errors.not_found("customer", id) end
+      local bad = _M.check_update(b, row.kind, today())
+      if bad then return bad end
+      if row.state == "erased" then return state_conflict(id, row.state, "a customer not erased") end
+      if not _M.IDENTITY_STATES[row.state] then
+        for _, f in ipairs(_M.IDENTITY) do
+          if b[f] ~= nil then
+            return errors.new(409, "customer_state_invalid", "Customer " .. id .. " is " .. row.state .. "; "
+              .. f .. " can be changed only while pending or action_required.", f, "invalid_request_error")
+          end
+        end
+      end
+      if b.metadata then
+        local m, merr = _M.merge_metadata(row.metadata, b.metadata)
+        if not m then return merr end
+        b.metadata = m
+      end
+      local new, changed = store:update(tx, row, b)
+      if not new then return nil, changed end
+      local _, aerr = ctx:audit(tx, id, nil, { fields = changed })
+      if aerr then return nil, aerr end
+      return ctx:respond(tx, 200, store:object(new))
+    end)
+  end)))
+
+  -- The customer's wallets that hold anything (posted, or pending either way), or nil and an
+  -- outcome (the ledger failed).
+  local function wallets_in_use(tx, p, id)
+    local rows, err = tx:query("SELECT " .. wallets.WALLET_COLUMNS .. " FROM wallets WHERE partner_id = $1 "
+      .. "AND mode = $2 AND owner_type = 'customer' AND owner_id = $3 ORDER BY id", p.partner_id, p.mode, id)
+    if not rows then return nil, db_error(err) end
+    local used = {}
+    for _, w in ipairs(rows) do
+      local b, berr = deps.ledger:balances(w.ledger_account_id, { normal = "credit" })
+      if not b then
+        api.log_error("customer erasure: ledger balances failed", berr and berr.code)
+        return nil, errors.unavailable("The ledger is unavailable, try again.")
+      end
+      if b.posted ~= 0 or b.debits_pending ~= 0 or b.credits_pending ~= 0 then used[#used + 1] = w.id end
+    end
+    return used
+  end
+
+  -- Erasure (GDPR): refused while a check runs (in_review: its result would land on nothing) or
+  -- while a wallet of the customer holds money; an erased customer is answered the same again.
+  routes:delete("/v1/customers/:id", { scope = "customers:write", audit = "customer.delete" }, guarded(function(ctx)
+    local id, p = ctx.req.params.id, ctx.principal
+    if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
+    local gone = { id = id, object = "customer", deleted = true }
+    local out, err = db:tx(function(tx)
+      local row, gerr = store:get(tx, p, id, true)
+      if row == nil then return nil, gerr end
+      if not row then return errors.not_found("customer", id) end
+      if row.state == "erased" then return gone end
+      if row.state == "in_review" then
+        return errors.new(409, "customer_in_review", "Customer " .. id .. " is in review; it can be erased once "
+          .. "the check has decided.", "id", "invalid_request_error")
+      end
+      local used, uerr = wallets_in_use(tx, p, id)
+      if not used then return uerr end
+      if #used > 0 then
+        return errors.new(409, "customer_has_balance", "Customer " .. id .. " has money in wallet "
+          .. used[1] .. "; empty its wallets before erasing it.", "id", "invalid_request_error")
+      end
+      local erased, eerr = onboarding.erase(tx, row, ctx.req.id)
+      if not erased then return nil, eerr end
+      local _, aerr = ctx:audit(tx, id)
+      if aerr then return nil, aerr end
+      return gone
+    end)
+    if not out then return db_error(err) end
+    if errors.is_outcome(out) then return out end
+    return 200, out
   end))
 
   -- Starts a check: the transition and the verification row commit together, then the check is

@@ -84,14 +84,10 @@ local function failed(err, kind, id)
   return errors.unavailable()
 end
 
--- limit and starting_after of a list (endpoints and deliveries have nuvion.ids ids).
+-- limit and starting_after or ending_before of a list (endpoints and deliveries have
+-- nuvion.ids ids, not nuvion.api.ids: the same rules as nuvion.api.list, their own check).
 local function page_of(args, prefix)
   local page = { limit = 10 }
-  for k in pairs(args or {}) do
-    if k == "ending_before" then
-      return nil, errors.invalid("parameter_unknown", "ending_before is not supported here; use starting_after.", k)
-    end
-  end
   local limit = args.limit
   if limit ~= nil then
     local v = type(limit) == "string" and match(limit, "^%d+$") and #limit <= 4 and tonumber(limit)
@@ -100,12 +96,18 @@ local function page_of(args, prefix)
     end
     page.limit = v
   end
-  if args.starting_after ~= nil then
-    if not valid_id(args.starting_after, prefix) then
-      return nil, errors.invalid("parameter_invalid", "starting_after must be an id starting with " .. prefix .. "_.",
-                                 "starting_after")
+  for _, k in ipairs({ "starting_after", "ending_before" }) do
+    local v = args[k]
+    if v ~= nil then
+      if not valid_id(v, prefix) then
+        return nil, errors.invalid("parameter_invalid", k .. " must be an id starting with " .. prefix .. "_.", k)
+      end
+      page[k] = v
     end
-    page.starting_after = args.starting_after
+  end
+  if page.starting_after and page.ending_before then
+    return nil, errors.invalid("parameter_invalid", "Give starting_after or ending_before, not both.",
+                               "ending_before")
   end
   return page
 end
@@ -190,7 +192,7 @@ function _M.register(app, deps)
     return 200, endpoint_object(ep, p)
   end)
 
-  -- Deliveries of one endpoint, newest first, each with its attempts.
+  -- Deliveries of one endpoint, newest first, each with its attempts (read in one query).
   routes:get("/v1/webhook_deliveries", { scope = "webhook_endpoints:read" }, function(ctx)
     local args, p = ctx.req.args, ctx.principal
     local ep_id = args.endpoint
@@ -207,17 +209,11 @@ function _M.register(app, deps)
       end
       return failed(eerr, "webhook_endpoint")
     end
-    local rows, err = db:query("SELECT id FROM webhook_deliveries WHERE owner_id = $1 AND endpoint_id = $2 " ..
-      "AND ($3::text IS NULL OR id < $3) ORDER BY id DESC LIMIT $4", owner(p), ep_id, page.starting_after,
-      page.limit + 1)
-    if not rows then return failed(err, "webhook_delivery") end
+    local res, err = wh:list_deliveries(owner(p), ep_id, page)
+    if not res then return failed(err, "webhook_delivery") end
     local data = {}
-    for i = 1, math.min(#rows, page.limit) do
-      local d, derr = wh:get_delivery(owner(p), rows[i].id)
-      if not d then return failed(derr, "webhook_delivery") end
-      data[i] = delivery_object(d)
-    end
-    return 200, { object = "list", data = json.array(data), has_more = #rows > page.limit,
+    for i, d in ipairs(res.data) do data[i] = delivery_object(d) end
+    return 200, { object = "list", data = json.array(data), has_more = res.has_more,
                   url = "/v1/webhook_deliveries" }
   end)
 
