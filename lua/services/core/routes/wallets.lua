@@ -82,10 +82,11 @@ local function check_customer(db, p, customer)
   local rows = db:query("SELECT to_regclass('customers') IS NOT NULL AS present")
   if not rows then return nil, errors.unavailable() end
   if not rows[1].present then return true end
-  local found = db:query("SELECT 1 FROM customers WHERE id = $1 AND partner_id = $2 AND mode = $3",
+  local found = db:query("SELECT state FROM customers WHERE id = $1 AND partner_id = $2 AND mode = $3",
                          customer, p.partner_id, p.mode)
   if not found then return nil, errors.unavailable() end
-  if not found[1] then return nil, errors.not_found("customer", customer, "customer") end
+  -- an erased customer is gone for new wallets, as one that never existed
+  if not found[1] or found[1].state == "erased" then return nil, errors.not_found("customer", customer, "customer") end
   return true
 end
 

@@ -131,15 +131,19 @@ function _M.guard(tx, lg, moves, lid, keyed, call)
     .. "coalesce(sum(amount) FILTER (WHERE direction = 'out'), 0)::text AS used_out "
     .. "FROM wallet_limit_usage WHERE wallet_id = w.id AND created_at > clock_timestamp() - interval '"
     .. _M.WINDOW .. "') u WHERE w.id IN (" .. concat(ph, ", ") .. ")", n = #ids + 1 }
-  for i, id in ipairs(ids) do lock[i + 1], usage[i + 1] = id, id end
+  -- the owners' rows shared-locked before their tier is read: an erasure (which locks its row,
+  -- then checks the wallets are empty) cannot commit between this read and this movement
+  local owners = { "SELECT c.id FROM customers c JOIN wallets w ON w.owner_id = c.id AND w.owner_type = 'customer' "
+    .. "WHERE w.id IN (" .. concat(ph, ", ") .. ") ORDER BY c.id FOR SHARE OF c", n = #ids }
+  for i, id in ipairs(ids) do lock[i + 1], owners[i + 1], usage[i + 1] = id, id, id end
   usage[#ids + 2] = lid
-  local res, err = tx:pipeline({ lock, usage })
+  local res, err = tx:pipeline({ lock, owners, usage })
   if not res or err then
     api.log_error("wallet limits read failed", err)
     return nil, nil, errors.unavailable()
   end
   local by = {}
-  for _, row in ipairs(res[2]) do by[row.id] = row end
+  for _, row in ipairs(res[3]) do by[row.id] = row end
   local counted = true
   for _, m in ipairs(moves) do
     local row = by[m.w.id]
