@@ -161,7 +161,7 @@ local MUTATIONS = { POST = true, PUT = true, PATCH = true, DELETE = true }
 -- The handler of one route. method: "GET", "POST", ... opts: scope, schema (the body's),
 -- audit (the action of a mutation: required on POST/PUT/PATCH/DELETE unless false), list (the
 -- ids' prefix of a list route: ctx.page), auth = false (a public route), idempotent = false
--- (a POST that takes no Idempotency-Key), limiter (instead of deps.limiter), cost (rate limit
+-- (a POST or PATCH that takes no Idempotency-Key), limiter (instead of deps.limiter), cost (rate limit
 -- tokens, default 1),
 -- idempotency_ttl_s / idempotency_lock_s (specs).
 function _M.route(deps, method, opts, handler)
@@ -174,7 +174,7 @@ function _M.route(deps, method, opts, handler)
   end
   if opts.schema then validate.compile(opts.schema) end
   local public = opts.auth == false
-  local idempotent = method == "POST" and opts.idempotent ~= false and not public
+  local idempotent = (method == "POST" or method == "PATCH") and opts.idempotent ~= false and not public
   local action = opts.audit or nil
 
   return function(req)

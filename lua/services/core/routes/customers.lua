@@ -242,10 +242,9 @@ function _M.register(app, deps)
     return 200, o
   end))
 
-  -- PATCH takes an Idempotency-Key as the POSTs do: api.route gives keys to POST routes only, so
-  -- this one is built as a POST and added under PATCH (the key's request hash names POST).
-  app:add("PATCH", "/v1/customers/:id", api.route(deps, "POST", { scope = "customers:write", schema = _M.UPDATE,
-                                                                  audit = "customer.update" }, guarded(function(ctx)
+  -- PATCH takes an Idempotency-Key as the POSTs do
+  routes:patch("/v1/customers/:id", { scope = "customers:write", schema = _M.UPDATE, audit = "customer.update" },
+    guarded(function(ctx)
     local id, p, b = ctx.req.params.id, ctx.principal, ctx.body
     if not ids.valid(id, "cus") then return errors.not_found("customer", id) end
     return db:tx(function(tx)
@@ -274,7 +273,7 @@ function _M.register(app, deps)
       if aerr then return nil, aerr end
       return ctx:respond(tx, 200, store:object(new))
     end)
-  end)))
+  end))
 
   -- The customer's wallets that hold anything (posted, or pending either way), or nil and an
   -- outcome (the ledger failed).
