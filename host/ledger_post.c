@@ -37,9 +37,12 @@
 
 static const char SQL_BEGIN[] = "BEGIN";
 /* Joins of a batch's few rows with big tables (UPDATE ... FROM unnest(...)) go through the
- * primary key: without this the planner may hash the whole accounts table for 500 rows. */
+ * primary key: without this the planner may hash the whole accounts table for 500 rows. The
+ * statements are prepared once per connection (parsed once), but planned for each batch with
+ * its own arrays: a generic plan guesses their sizes and may scan where a batch needs lookups. */
 static const char SQL_PLAN[] =
-    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)";
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
+    "set_config('plan_cache_mode', 'force_custom_plan', true)";
 static const char SQL_COMMIT[] = "COMMIT";
 static const char SQL_ROLLBACK[] = "ROLLBACK";
 
