@@ -319,16 +319,16 @@ function _M.register(app, deps)
     if not moves then
       -- partners' wallets: no tier limits, no lock
       local res, lerr = move()
-      if not res then return model.call_error(lerr) end
-      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local refused_by_ledger = model.ledger_refusal(res, lerr)
+      if refused_by_ledger then return refused_by_ledger end
       return db:tx(function(tx) return finish(tx, res) end)
     end
     -- a customer's wallet on either side: the limits, the ledger and the rows under its lock
     return db:tx(function(tx)
       local res, lerr, refused = limits.guard(tx, deps.ledger, moves, lid, key ~= nil, move)
       if refused then return refused end
-      if not res then return model.call_error(lerr) end
-      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local refused_by_ledger = model.ledger_refusal(res, lerr)
+      if refused_by_ledger then return refused_by_ledger end
       return finish(tx, res)
     end)
   end)
@@ -372,8 +372,8 @@ function _M.register(app, deps)
     local moves = customer_moves(db, ctx.body.amount, nil, nil, w, "amount")
     if not moves then
       local res, lerr = move()
-      if not res then return model.call_error(lerr) end
-      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local refused_by_ledger = model.ledger_refusal(res, lerr)
+      if refused_by_ledger then return refused_by_ledger end
       local bal, berr = model.balance(deps.ledger, w)
       if not bal then return berr end
       return db:tx(function(tx) return finish(tx, res, bal) end)
@@ -381,8 +381,8 @@ function _M.register(app, deps)
     return db:tx(function(tx)
       local res, lerr, refused = limits.guard(tx, deps.ledger, moves, lid, key ~= nil, move)
       if refused then return refused end
-      if not res then return model.call_error(lerr) end
-      if res ~= "ok" and res ~= "exists" then return model.result_error(res) end
+      local refused_by_ledger = model.ledger_refusal(res, lerr)
+      if refused_by_ledger then return refused_by_ledger end
       local bal, berr = model.balance(deps.ledger, w)
       if not bal then return berr end
       return finish(tx, res, bal)

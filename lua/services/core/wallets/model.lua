@@ -273,4 +273,12 @@ function _M.call_error(err)
   return errors.unavailable("The ledger is unavailable, try again with the same key.")
 end
 
+-- The answer to a ledger call that moved nothing: the call's failure, or the ledger's refusal
+-- (any result but "ok" or "exists"); nil when the money moved (or had moved: a retry).
+function _M.ledger_refusal(res, err)
+  if not res then return _M.call_error(err) end
+  if res ~= "ok" and res ~= "exists" then return _M.result_error(res) end
+  return nil
+end
+
 return _M
