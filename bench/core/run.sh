@@ -17,6 +17,7 @@
 # servers (by pid) on every exit path.
 #
 # Prints one table: req/s, p50, p99, errors (non-2xx and socket errors) and goals met / not met
+# (then the CPU each request cost core's processes and Postgres's, from /proc, measured run)
 # (issue 6: >= 5,000 customers/s, >= 10,000 transfers/s, p99 <= 20 ms). Exit status 1 when a
 # run had errors, the ledger check failed or something did not start; a missed goal is reported
 # in the table, not in the status.
@@ -99,26 +100,41 @@ ms() {
         printf "%.2f", n }'
 }
 
-# run NAME SCRIPT: a warm-up, then the measured run; sets R_RPS R_P50 R_P99 R_ERR R_N
+# ticks PID: CPU clock ticks (user + system) of PID and its children and grandchildren
+ticks() {
+    local pids="$1" c
+    for c in $(pgrep -P "$1" || true); do pids="$pids $c $(pgrep -P "$c" | tr '\n' ' ')"; done
+    for c in $pids; do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done |
+        awk '{ s += $1 } END { print s + 0 }'
+}
+HZ=$(getconf CLK_TCK)
+PG_PID=$(head -1 "$DIR/pg/postmaster.pid")
+
+# run NAME SCRIPT: a warm-up, then the measured run; sets R_RPS R_P50 R_P99 R_ERR R_N and
+# R_CORE_MS R_PG_MS (CPU ms per request of core's processes and of Postgres's, measured run)
 run() {
-    local script=$2 out
+    local script=$2 out c0 p0 c1 p1
     wrk -t2 -c"$CONNS" -d"${WARMUP_S}s" -s "$script" "http://127.0.0.1:$PORT" >/dev/null 2>&1 || true
+    c0=$(ticks "$SRV"); p0=$(ticks "$PG_PID")
     out=$(timeout $((SECONDS_RUN + 30)) wrk -t2 -c"$CONNS" -d"${SECONDS_RUN}s" --latency -s "$script" \
         "http://127.0.0.1:$PORT" 2>/dev/null) || { echo "bench/core: wrk failed ($1)"; status=1; }
+    c1=$(ticks "$SRV"); p1=$(ticks "$PG_PID")
     R_RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     R_P50=$(ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     R_P99=$(ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     R_N=$(awk '/requests in/ { print $1 }' <<<"$out")
     R_ERR=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
+    R_CORE_MS=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="${R_N:-0}" 'BEGIN { printf "%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')
+    R_PG_MS=$(awk -v t=$((p1 - p0)) -v hz="$HZ" -v n="${R_N:-0}" 'BEGIN { printf "%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')
     [ -n "$R_RPS" ] || { R_RPS=0; status=1; }
     [ "$R_ERR" = 0 ] || status=1
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run customers bench/core/customers_wrk.lua
-C=("$R_RPS" "$R_P50" "$R_P99" "$R_ERR" "$R_N")
+C=("$R_RPS" "$R_P50" "$R_P99" "$R_ERR" "$R_N" "$R_CORE_MS" "$R_PG_MS")
 run transfers bench/core/wallets_wrk.lua
-T=("$R_RPS" "$R_P50" "$R_P99" "$R_ERR" "$R_N")
+T=("$R_RPS" "$R_P50" "$R_P99" "$R_ERR" "$R_N" "$R_CORE_MS" "$R_PG_MS")
 
 moved=0
 check=ok
@@ -149,4 +165,6 @@ printf '%-32s | %8s | %8s | %8s | %6s | %-22s | %s\n' "POST /v1/customers" "${C[
 printf '%-32s | %8s | %8s | %8s | %6s | %-22s | %s\n' "POST /v1/transfers (wallets)" "${T[0]}" "${T[1]}" "${T[2]}" "${T[3]}" \
     ">= $GOAL_TRANSFERS/s, p99 <= $GOAL_P99_MS" "$(verdict "${T[0]}" "$GOAL_TRANSFERS" "${T[2]}" "${T[3]}")"
 echo "ledger check: $check ($moved units moved in ${T[4]:-0} transfers answered in the measured run and the warm-up)"
+echo "cpu per request (measured run, $(nproc) cores shared by wrk, core, Postgres and Redis):" \
+     "customers: core ${C[5]} ms, Postgres ${C[6]} ms; transfers: core ${T[5]} ms, Postgres ${T[6]} ms"
 exit "$status"
