@@ -10,6 +10,13 @@ local function url_of(name)
   return url
 end
 
+-- url with database `to` instead of `from` (the query string, e.g. ?sslmode=disable, kept)
+local function with_db(url, from, to)
+  local out, n = url:gsub("/" .. from .. "(%??[^/]*)$", "/" .. to .. "%1")
+  assert(n == 1, "no database " .. from .. " in the URL")
+  return out
+end
+
 describe("service databases", function()
   for i, name in ipairs(SERVICES) do
     it(name .. "'s role connects to " .. name .. "'s database only", function()
@@ -18,7 +25,7 @@ describe("service databases", function()
       assert.same({ name, name }, { rows[1].who, rows[1].db })
       -- the same credentials against the next service's database
       local other = SERVICES[i % #SERVICES + 1]
-      local foreign = pg.pool((url_of(name):gsub("/" .. name .. "$", "/" .. other)), { max = 1 })
+      local foreign = pg.pool(with_db(url_of(name), name, other), { max = 1 })
       local none, err = foreign:query("SELECT 1")
       assert.is_nil(none)
       assert.matches("permission denied for database", tostring(err), 1, true)
@@ -30,7 +37,7 @@ describe("service databases", function()
     local ledger = pg.pool(url_of("ledger"), { max = 1 })
     local rows = assert(ledger:query("SELECT current_user AS who, current_database() AS db"))
     assert.same({ "core", "ledger" }, { rows[1].who, rows[1].db })
-    local payout = pg.pool((url_of("payout"):gsub("/payout$", "/ledger")), { max = 1 })
+    local payout = pg.pool(with_db(url_of("payout"), "payout", "ledger"), { max = 1 })
     assert.is_nil((payout:query("SELECT 1")))
   end)
 end)
