@@ -6,6 +6,7 @@
 local cf = require "spec.customers_fixture"
 local fx = require "spec.auth_fixture"
 local helpers = require "spec.helpers"
+local openapi = require "spec.openapi"
 local kyc = require "nuvion.providers.kyc"
 local ids = require "nuvion.api.ids"
 local json = require "nuvion.json"
@@ -81,16 +82,20 @@ local function sign(ts, body, secret)
 end
 
 local function event(check_id, reference, status, etype)
-  return assert(json.encode({ id = "evt_" .. cf.unique(8), object = "event", type = etype or "check.completed",
+  local e = { id = "evt_" .. cf.unique(8), object = "event", type = etype or "check.completed",
     created = math.floor(nuvion.now()), data = { check = { id = check_id, reference = reference,
-    status = status or "clear", result_codes = json.array({}) } } }))
+    status = status or "clear", result_codes = json.array({}) } } }
+  assert(openapi.check(e, "KycEvent"))
+  return assert(json.encode(e))
 end
 
+-- POSTs to core's callback route; every answer checked against docs/openapi.yaml.
 local function post(port, body, signature)
   local headers = { ["Content-Type"] = "application/json" }
   if signature then headers["Kyc-Signature"] = signature end
   local res = assert(helpers.request(port, { method = "POST", path = PATH, headers = headers, body = body }))
   res.data = json.decode(res.body)
+  assert(openapi.check(res.data, res.status == 200 and "KycEventReceipt" or "Error"))
   return res
 end
 
