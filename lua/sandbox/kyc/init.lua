@@ -20,13 +20,27 @@
 -- Idempotent on reference: the same reference always gives the same check. Bearer
 -- KYC_SIM_API_KEY (default the development key of nuvion.providers.kyc). State in Redis
 -- (KYC_SIM_REDIS_URL, else REDIS_URL), keys kycsim:*, kept 7 days.
+--
+-- Callbacks (push), as real providers send them: a check made with a `callback_url` (or, without
+-- one, KYC_SIM_CALLBACK_URL) is POSTed there once it is final:
+--   { id = "evt_...", object = "event", type = "check.completed", created,
+--     data = { check = { id, reference, status, result_codes, completed } } }
+-- signed in the header Kyc-Signature: "t=<unix s>,v1=<hex HMAC-SHA256(secret, t .. "." .. body)>"
+-- with KYC_SIM_WEBHOOK_SECRET (default the development secret of nuvion.providers.kyc). A non-2xx
+-- answer or no answer is retried KYC_SIM_CALLBACK_ATTEMPTS times in all (default 4, at most 10),
+-- KYC_SIM_CALLBACK_RETRY_MS apart (default 500, doubling). Loopback URLs only (http://127.0.0.1
+-- or http://localhost): a simulator never calls out. The callback is best effort (lost when the
+-- simulator stops): the receiver still polls.
 local router = require "nuvion.router"
 local redis = require "nuvion.redis"
 local nuvion = require "nuvion"
 local json = require "nuvion.json"
 local crypto = require "nuvion.crypto"
+local http = require "nuvion.http"
+local log = require "nuvion.log"
 
-local os, tonumber, type, error, assert, floor = os, tonumber, type, error, assert, math.floor
+local os, tonumber, type, error, assert, floor, min, max = os, tonumber, type, error, assert, math.floor, math.min,
+  math.max
 
 local function env(name, default)
   local v = os.getenv(name)
@@ -41,6 +55,11 @@ local TTL_S = 7 * 86400
 local REDIS_URL = env("KYC_SIM_REDIS_URL", os.getenv("REDIS_URL"))
 if not REDIS_URL then error("sandbox/kyc: KYC_SIM_REDIS_URL or REDIS_URL must be set", 0) end
 local r = assert(redis.connect(REDIS_URL))
+local WEBHOOK_SECRET = env("KYC_SIM_WEBHOOK_SECRET", "kyc_sim_development_webhook_secret")
+local CALLBACK_URL = env("KYC_SIM_CALLBACK_URL", nil)
+local CALLBACK_ATTEMPTS = min(10, tonumber(env("KYC_SIM_CALLBACK_ATTEMPTS", "4")))
+local CALLBACK_RETRY_MS = tonumber(env("KYC_SIM_CALLBACK_RETRY_MS", "500"))
+local CALLBACK_TIMEOUT_MS = 2000
 
 local app = router.new()
 
@@ -78,6 +97,47 @@ local function view(check)
   return c
 end
 
+-- Loopback http URLs only, at most 512 bytes.
+local function loopback_url(u)
+  return type(u) == "string" and #u <= 512 and (u:find("^http://127%.0%.0%.1:%d+/") or u:find("^http://localhost:%d+/"))
+    and true or false
+end
+
+-- "t=<ts>,v1=<hex>": HMAC-SHA256 of ts .. "." .. body under the webhook secret.
+local function signature(ts, body)
+  return "t=" .. ts .. ",v1=" .. crypto.hex_encode(crypto.hmac_sha256(WEBHOOK_SECRET, ts .. "." .. body))
+end
+
+-- Once check is final, POSTs check.completed to its callback URL, retrying non-2xx answers a
+-- bounded number of times. Runs as its own task.
+local function send_callback(check, url)
+  local c = view(check)
+  for _ = 1, 100 do             -- timers and the wall clock may disagree by a millisecond or two
+    if c.status ~= "processing" then break end
+    nuvion.sleep(max(1, check.created_ms + PROCESSING_MS - now_ms() + 1))
+    c = view(check)
+  end
+  local body = assert(json.encode({ id = "evt_" .. crypto.hex_encode(crypto.random(12)), object = "event",
+    type = "check.completed", created = floor(nuvion.now()),
+    data = { check = { id = c.id, reference = c.reference, status = c.status, result_codes = c.result_codes,
+                       completed = c.completed } } }))
+  local wait = CALLBACK_RETRY_MS
+  for attempt = 1, CALLBACK_ATTEMPTS do
+    local res, herr = http.request({ method = "POST", url = url, timeout = CALLBACK_TIMEOUT_MS, body = body,
+      headers = { ["Content-Type"] = "application/json", ["Kyc-Signature"] = signature(floor(nuvion.now()), body) } })
+    local status = res and res.status or nil
+    if status and status >= 200 and status < 300 then
+      log.info("kyc callback delivered", { check = c.id, attempt = attempt, status = status })
+      return
+    end
+    log.warn("kyc callback failed", { check = c.id, attempt = attempt, status = status, error = herr })
+    if attempt < CALLBACK_ATTEMPTS then
+      nuvion.sleep(wait)
+      wait = wait * 2
+    end
+  end
+end
+
 local function load(id)
   local text = r:call("GET", "kycsim:chk:" .. id)
   if type(text) ~= "string" then return nil end
@@ -101,6 +161,10 @@ app:post("/v1/checks", function(req)
   if b.kind == "business" and type(b.registration_number) ~= "string" then
     return err(400, "incomplete_identity", "A business needs registration_number.")
   end
+  local callback = b.callback_url or CALLBACK_URL
+  if callback ~= nil and not loopback_url(callback) then
+    return err(400, "invalid_callback_url", "callback_url: a loopback http URL (http://127.0.0.1:<port>/...).")
+  end
   local ref_key = "kycsim:ref:" .. b.reference
   local existing = r:call("GET", ref_key)
   if type(existing) == "string" then
@@ -121,6 +185,7 @@ app:post("/v1/checks", function(req)
     return err(503, "busy", "Try again.")
   end
   r:call("SET", "kycsim:chk:" .. check.id, json.encode(check), "EX", TTL_S)
+  if callback then nuvion.spawn(send_callback, check, callback) end
   return 201, view(check)
 end)
 

@@ -1,6 +1,7 @@
 -- onboarding.lua -- core's customers: PII sealed at rest, keyed hashes for lookups, the state
 -- machine of onboarding with every change recorded and published, and the KYC provider's
--- checks (submitted, polled, applied). The routes are routes/customers.lua; docs/customers.md.
+-- checks (submitted; their results pushed by the provider's callbacks and polled, both applied
+-- by apply()). The routes are routes/customers.lua; docs/customers.md.
 --
 --   pending --verify--> in_review --KYC--> verified | rejected | action_required
 --   action_required --documents--> in_review
@@ -85,6 +86,10 @@ function _M.new(deps)
   if store.misconfigured then
     log.error("customers misconfigured", { error = store.misconfigured })
   end
+  -- Without its secret the callback route answers 503 and results are polled only.
+  local ws, werr = kyc.webhook_secret()
+  store.webhook_secret = ws
+  if not ws then log.error("kyc callbacks misconfigured", { error = werr }) end
   return store
 end
 
@@ -371,23 +376,57 @@ function _M:submit(vid, row)
 end
 
 -- Applies a final result of the provider to verification v (id, customer_id): the
--- verification's status and the customer's transition, one transaction. true when applied.
+-- verification's status and the customer's transition, one transaction. The poller and the
+-- provider's callbacks both come here: the verification's UPDATE is conditional (still
+-- submitting or submitted, and the check is the one on file if one is) and locks the row, so a
+-- second caller, racing or late, waits and then finds nothing to update: a result is applied
+-- once. A result for a verification still `submitting` (its submission's answer not recorded
+-- yet: a callback can arrive before it) records the provider's check id with it.
+-- true when applied, false when applied already, nil, err.
 function _M:apply(v, check)
   local to = check.result
   return self.db:tx(function(tx)
     local rows, err = tx:query("UPDATE customer_verifications SET status = $2, result_codes = $3, updated_at = now(), "
-      .. "completed_at = now() WHERE id = $1 AND status = 'submitted' RETURNING customer_id", v.id, to,
-      "{" .. concat(check.result_codes, ",") .. "}")
+      .. "completed_at = now(), provider_ref = $4 WHERE id = $1 AND status IN ('submitting', 'submitted') "
+      .. "AND (provider_ref IS NULL OR provider_ref = $4) RETURNING customer_id", v.id, to,
+      "{" .. concat(check.result_codes, ",") .. "}", check.id)
     if not rows then return nil, err end
-    if not rows[1] then return false end         -- applied already (another poller)
+    if not rows[1] then return false end         -- applied already (another poller, or a callback)
+    local customer_id = rows[1].customer_id
     local codes = #check.result_codes > 0 and (":" .. concat(check.result_codes, ",")) or ""
-    local row, terr = _M.transition(tx, v.customer_id, "in_review", to, ("kyc_" .. to .. codes):sub(1, 200), nil)
+    local row, terr = _M.transition(tx, customer_id, "in_review", to, ("kyc_" .. to .. codes):sub(1, 200), nil)
     if row == nil then return nil, terr end
     if row == false then
-      log.warn("kyc result for a customer not in review", { verification = v.id, customer = v.customer_id })
+      log.warn("kyc result for a customer not in review", { verification = v.id, customer = customer_id })
     end
     return true
   end)
+end
+
+-- A callback of the provider said check `check_id` (of our verification `reference`) is done.
+-- The callback's own result is not trusted: the check is fetched from the provider's API (with
+-- our key) and applied only when the provider names the same reference, and only through
+-- apply() (so once). Returns "applied" | "duplicate" (applied already) | "pending" (not final
+-- at the provider) | "unknown" (no such verification, or check and reference do not match), or
+-- nil, err (the provider or the database failed: the caller answers 503 so the provider retries;
+-- the poller is there anyway).
+function _M:check_completed(check_id, reference)
+  local rows, err = self.db:query("SELECT id, customer_id, status, provider_ref FROM customer_verifications "
+    .. "WHERE id = $1", reference)
+  if not rows then return nil, err end
+  local v = rows[1]
+  if not v or (v.provider_ref and v.provider_ref ~= check_id) then return "unknown" end
+  if v.status ~= "submitting" and v.status ~= "submitted" then return "duplicate" end
+  local check, ferr = self.kyc:fetch(check_id)
+  if not check then
+    if ferr.code == "refused" then return "unknown" end       -- 404: the provider has no such check
+    return nil, ferr.code .. ": " .. ferr.message
+  end
+  if check.reference ~= v.id then return "unknown" end
+  if not check.result then return "pending" end
+  local ok, aerr = self:apply(v, check)
+  if ok == nil then return nil, aerr end
+  return ok and "applied" or "duplicate"
 end
 
 -- One round of the poller: verifications due (a lease pushes next_poll_at so that two workers

@@ -12,6 +12,12 @@
 --
 -- submit is idempotent on `reference` at the provider: a retry after a timeout gets the same
 -- check. Errors never carry the request body (it holds PII).
+--
+-- Callbacks: with NUVION_KYC_CALLBACK_URL set (core's public URL of POST
+-- /v1/providers/kyc/events), every submission names it as its `callback_url`, and the provider
+-- POSTs check.completed there, signed with the shared secret kyc.webhook_secret() gives
+-- (NUVION_KYC_WEBHOOK_SECRET; in development and tests kyc.DEV_WEBHOOK_SECRET, the simulator's
+-- default): header Kyc-Signature "t=<unix s>,v1=<hex HMAC-SHA256(secret, t .. "." .. body)>".
 local http = require "nuvion.http"
 local json = require "nuvion.json"
 
@@ -22,6 +28,9 @@ local _M = {}
 _M.DEV_API_KEY = "kyc_sim_development_key"
 _M.DEFAULT_URL = "http://127.0.0.1:5950"
 _M.DEFAULT_TIMEOUT_MS = 5000
+_M.DEV_WEBHOOK_SECRET = "kyc_sim_development_webhook_secret"
+_M.WEBHOOK_SECRET_MIN = 16
+_M.SIGNATURE_HEADER = "Kyc-Signature"
 
 -- The provider's status -> the customer's state it leads to (nil: not final yet).
 _M.RESULTS = { clear = "verified", rejected = "rejected", consider = "action_required" }
@@ -29,20 +38,38 @@ _M.RESULTS = { clear = "verified", rejected = "rejected", consider = "action_req
 local Client = {}
 Client.__index = Client
 
--- opts: url (base, no trailing slash), api_key, timeout_ms.
+-- opts: url (base, no trailing slash), api_key, timeout_ms, callback_url (optional).
 function _M.new(opts)
   if type(opts) ~= "table" or type(opts.url) ~= "string" or type(opts.api_key) ~= "string" then
     error("kyc.new: url and api_key are required", 2)
   end
-  return setmetatable({ url = opts.url:gsub("/+$", ""), api_key = opts.api_key,
+  return setmetatable({ url = opts.url:gsub("/+$", ""), api_key = opts.api_key, callback_url = opts.callback_url,
                         timeout_ms = opts.timeout_ms or _M.DEFAULT_TIMEOUT_MS }, Client)
 end
 
-function _M.from_env()
+local function is_development()
   local env = os("NUVION_ENV")
+  return env == "development" or env == "test"
+end
+
+-- The secret the provider signs its callbacks with: NUVION_KYC_WEBHOOK_SECRET (at least
+-- WEBHOOK_SECRET_MIN bytes), or in development and tests DEV_WEBHOOK_SECRET. nil, why when none.
+function _M.webhook_secret()
+  local s = os("NUVION_KYC_WEBHOOK_SECRET")
+  if s and s ~= "" then
+    if #s < _M.WEBHOOK_SECRET_MIN then
+      return nil, "NUVION_KYC_WEBHOOK_SECRET must be at least " .. _M.WEBHOOK_SECRET_MIN .. " bytes"
+    end
+    return s
+  end
+  if is_development() then return _M.DEV_WEBHOOK_SECRET end
+  return nil, "NUVION_KYC_WEBHOOK_SECRET is not set (required for callbacks unless NUVION_ENV is development or test)"
+end
+
+function _M.from_env()
   local key = os("NUVION_KYC_API_KEY")
   if (key == nil or key == "") then
-    if env ~= "development" and env ~= "test" then
+    if not is_development() then
       return nil, "NUVION_KYC_API_KEY is not set (required unless NUVION_ENV is development or test)"
     end
     key = _M.DEV_API_KEY
@@ -51,7 +78,12 @@ function _M.from_env()
   if timeout < 100 or timeout > 60000 then return nil, "NUVION_KYC_TIMEOUT_MS must be from 100 to 60000" end
   local url = os("NUVION_KYC_URL")
   if url == nil or url == "" then url = _M.DEFAULT_URL end
-  return _M.new({ url = url, api_key = key, timeout_ms = timeout })
+  local callback = os("NUVION_KYC_CALLBACK_URL")
+  if callback == "" then callback = nil end
+  if callback and not callback:find("^https?://[^%s]+$") then
+    return nil, "NUVION_KYC_CALLBACK_URL must be an http(s) URL"
+  end
+  return _M.new({ url = url, api_key = key, timeout_ms = timeout, callback_url = callback })
 end
 
 local function fail(code, message, retryable)
@@ -86,8 +118,10 @@ function Client:call(method, path, body)
   return res
 end
 
--- A new check. The payload: reference (our verification id), kind, and the identity.
+-- A new check. The payload: reference (our verification id), kind, and the identity; the
+-- client's callback_url is added when it has one.
 function Client:submit(payload)
+  if self.callback_url and payload.callback_url == nil then payload.callback_url = self.callback_url end
   local body = assert(json.encode(payload))
   local res, err = self:call("POST", "/v1/checks", body)
   if not res then return nil, err end

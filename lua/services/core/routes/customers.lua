@@ -10,11 +10,17 @@
 --   DELETE /v1/customers/:id           erasure: PII gone, the row and its history kept  customers:write
 --   POST /v1/customers/:id/verify      pending -> in_review, check sent to KYC    customers:write
 --   POST /v1/customers/:id/documents   action_required -> in_review, new document customers:write
+--   POST /v1/providers/kyc/events      the KYC provider's signed callbacks       public (Kyc-Signature)
 --
--- KYC results are polled from the provider by a timer of each worker (NUVION_KYC_POLL_MS).
+-- KYC results are pushed by the provider's callbacks (check.completed, signed with
+-- NUVION_KYC_WEBHOOK_SECRET) and polled from it by a timer of each worker (NUVION_KYC_POLL_MS),
+-- the fallback when a callback is lost; both apply a result through onboarding's apply(), once.
 local api = require "nuvion.api"
 local json = require "nuvion.json"
 local nuvion = require "nuvion"
+local log = require "nuvion.log"
+local kyc = require "nuvion.providers.kyc"
+local webhooks = require "nuvion.webhooks"
 local onboarding = require "onboarding"
 local wallets = require "wallets.model"
 
@@ -164,6 +170,18 @@ function _M.merge_metadata(old, upd)
 end
 
 local function today() return os.date("!%Y-%m-%d", nuvion.now()) end
+
+_M.CALLBACK_TOLERANCE_S = 300      -- a callback signed longer ago (or ahead) than this is refused
+
+-- The check of a check.completed event (its id and our reference), or nil.
+local function event_check(e)
+  local c = type(e) == "table" and type(e.data) == "table" and e.data.check
+  if type(c) ~= "table" or type(c.id) ~= "string" or not c.id:find("^chk_[%w]+$") or #c.id > 64
+     or not ids.valid(c.reference, "kyc") then
+    return nil
+  end
+  return c
+end
 
 local function state_conflict(id, state, wanted)
   return errors.new(409, "customer_state_invalid", "Customer " .. id .. " is " .. state .. "; this needs "
@@ -355,6 +373,49 @@ function _M.register(app, deps)
     o.verification = { id = out.verification.id, object = "verification", status = status }
     return 200, o
   end
+
+  -- The KYC provider's callbacks: public (no partner key), the signature is the authentication.
+  -- Nothing is read from the body before the signature is verified over its raw bytes. The
+  -- callback only says which check finished: onboarding's check_completed fetches the result
+  -- from the provider's API and applies it as the poller does (once). 200 for every event
+  -- verified, known or not (a provider retries other answers); 503 when the provider or the
+  -- database failed, or the provider's API does not show the check completed yet (retried; the
+  -- poller is there anyway).
+  local SIGNATURE_INVALID = errors.authentication("signature_invalid", "The " .. kyc.SIGNATURE_HEADER
+    .. " header is missing, malformed, stale or does not match the body.")
+  routes:post("/v1/providers/kyc/events", { auth = false, audit = false }, guarded(function(ctx)
+    local req = ctx.req
+    if not store.webhook_secret then
+      return errors.new(503, "kyc_callbacks_misconfigured", "KYC callbacks are not configured on this service "
+        .. "(the logs say what is missing); results are polled.", nil, "api_error")
+    end
+    local ok, why = webhooks.verify(req.headers[kyc.SIGNATURE_HEADER:lower()], req.body or "",
+                                    { store.webhook_secret }, { tolerance = _M.CALLBACK_TOLERANCE_S })
+    if not ok then
+      log.warn("kyc callback refused", { reason = why })
+      return SIGNATURE_INVALID
+    end
+    local e = json.decode(req.body)
+    if type(e) ~= "table" or type(e.type) ~= "string" then
+      return errors.invalid("invalid_event", "The body must be an event object with a type.")
+    end
+    if e.type ~= "check.completed" then return 200, { received = true, outcome = "ignored" } end
+    local c = event_check(e)
+    if not c then
+      return errors.invalid("invalid_event", "check.completed needs data.check.id and data.check.reference.")
+    end
+    local outcome, err = store:check_completed(c.id, c.reference)
+    if not outcome then
+      api.log_error("kyc callback not applied", err)
+      return errors.unavailable("The result could not be applied now; send the event again.")
+    end
+    log.info("kyc callback", { check = c.id, verification = c.reference, outcome = outcome })
+    if outcome == "pending" then          -- the provider's API does not show it completed yet: again later
+      return errors.new(503, "kyc_result_not_ready", "The provider does not show check " .. c.id
+        .. " as completed yet; send the event again.", nil, "api_error")
+    end
+    return 200, { received = true, outcome = outcome }
+  end))
 
   routes:post("/v1/customers/:id/verify", { scope = "customers:write", audit = "customer.verify" },
     guarded(function(ctx)
