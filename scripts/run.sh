@@ -22,6 +22,8 @@ export NUVION_ENV=${NUVION_ENV:-development}
 # local runs only (docs/webhooks.md); a deployment leaves it unset.
 export NUVION_WEBHOOKS_ALLOW_PRIVATE=${NUVION_WEBHOOKS_ALLOW_PRIVATE:-1}
 export NUVION_AUTH_JWKS_URL=${NUVION_AUTH_JWKS_URL:-http://127.0.0.1:$BASE/.well-known/jwks.json}
+# The KYC simulator calls core back when a check completes (the poller stays the fallback).
+export NUVION_KYC_CALLBACK_URL=${NUVION_KYC_CALLBACK_URL:-http://127.0.0.1:$BASE/v1/providers/kyc/events}
 
 bin/nuvion migrate --all # the release phase, as the Procfile's release runs it
 
