@@ -20,6 +20,16 @@ describe("wallet tier limits", function()
     return wx.wallet(port, ptn.test, currency or "USD", customer)
   end
 
+  -- a new customer verified through the sandbox (tier 1): a customer has one wallet per asset
+  local function verified()
+    local c = cf.call(port, "POST", "/v1/customers", ptn.test, cf.individual({ last_name = "Verified" }))
+    assert.equals(201, c.status, c.body)
+    assert.equals(200, cf.call(port, "POST", "/v1/customers/" .. c.data.id .. "/verify", ptn.test).status)
+    local v = cf.wait_state(port, ptn.test, c.data.id, "verified")
+    assert.equals(1, v.data.tier, v.body)
+    return c.data.id
+  end
+
   local function transfer(from, to, amount, key)
     return wx.post(port, "/v1/transfers", ptn.test, { from_wallet = from.id, to_wallet = to.id, amount = amount }, key)
   end
@@ -74,12 +84,7 @@ describe("wallet tier limits", function()
     ptn = cf.partner(db)
     lg = wx.ledger()
     svc = auth.service_token("core", { as = "payout", fresh = true })
-    local c = cf.call(port, "POST", "/v1/customers", ptn.test, cf.individual({ last_name = "Verified" }))
-    assert.equals(201, c.status, c.body)
-    assert.equals(200, cf.call(port, "POST", "/v1/customers/" .. c.data.id .. "/verify", ptn.test).status)
-    local v = cf.wait_state(port, ptn.test, c.data.id, "verified")
-    assert.equals(1, v.data.tier, v.body)
-    cus1 = c.data.id
+    cus1 = verified()
     local p = cf.call(port, "POST", "/v1/customers", ptn.test, cf.individual())
     assert.equals(201, p.status, p.body)
     assert.equals(0, p.data.tier)
@@ -130,7 +135,8 @@ describe("wallet tier limits", function()
   end)
 
   it("daily in: exactly the limit passes over transfers, funding and credits, one more is refused", function()
-    local w = wallet(cus1)
+    local cus = verified()
+    local w = wallet(cus)
     ok(transfer(pw, w, 100000))
     ok(fund(w, 100000))
     assert.equals("ok", ok(op(w, "credits", { reference = "din-c1", amount = 50000 })).result)
@@ -139,7 +145,7 @@ describe("wallet tier limits", function()
     refused(transfer(pw, w, 1), "to_wallet", "daily_in")
     local r = fund(w, 1)
     refused(r, "amount")
-    assert.equals("Wallet " .. w.id .. ": the daily_in limit of customer " .. cus1 .. "'s tier 1 "
+    assert.equals("Wallet " .. w.id .. ": the daily_in limit of customer " .. cus .. "'s tier 1 "
       .. "(individual_verified) is 2500.00 USD over 24 h; it received 2500.00 USD, so 0.01 USD more is refused.",
       r.data.error.message)
     refused(op(w, "credits", { reference = "din-c2", amount = 1 }), "amount", "daily_in")
@@ -159,7 +165,7 @@ describe("wallet tier limits", function()
   end)
 
   it("max balance: exactly the limit passes, one more is refused until money leaves", function()
-    local w = wallet(cus1)
+    local w = wallet(verified())
     seed(w, MAX - DAILY)
     ok(fund(w, DAILY - 1))
     ok(transfer(pw, w, 1))
@@ -182,7 +188,7 @@ describe("wallet tier limits", function()
   end)
 
   it("daily out: transfers, debits and holds; a void and a partial capture give the rest back", function()
-    local w = wallet(cus1)
+    local w = wallet(verified())
     seed(w, 400000)
     ok(transfer(w, pw, 100000))
     ok(op(w, "debits", { reference = "dout-d1", amount = 100000 }))
@@ -215,7 +221,7 @@ describe("wallet tier limits", function()
   end)
 
   it("a retried movement counts once: Idempotency-Key replay, the ledger's exists, references", function()
-    local w = wallet(cus1)
+    local w = wallet(verified())
     local key = "tier-" .. nuvion.random_hex(8)
     local first = ok(transfer(pw, w, 200000, key))
     ok(transfer(pw, w, 200000, key))                               -- replayed from the key
@@ -236,7 +242,7 @@ describe("wallet tier limits", function()
   end)
 
   it("a transfer the ledger has but core never recorded (a crash) completes on its key, counted once", function()
-    local w = wallet(cus1)
+    local w = wallet(verified())
     local key = "crash-" .. nuvion.random_hex(8)
     local lid = model.ledger_id("transfer:" .. ptn.id .. ":test:" .. key)
     -- the first run moved the money and died before its commit: no row, no usage
@@ -254,7 +260,7 @@ describe("wallet tier limits", function()
   end)
 
   it("racing transfers into one wallet never pass daily_in; racing out never pass daily_out", function()
-    local w = wallet(cus1)
+    local w = wallet(verified())
     local N, AMOUNT = 20, 30000       -- 8 fit in 250000
     local results = helpers.parallel(N, function(i)
       local res = transfer(pw, w, AMOUNT, "race-in-" .. w.id .. "-" .. i)
@@ -274,7 +280,7 @@ describe("wallet tier limits", function()
     assert.equals(8, rows_of(w))
 
     -- max_balance: 20 credits of 3000 racing into 482000, 6 fit
-    local full = wallet(cus1)
+    local full = wallet(verified())
     seed(full, 482000)
     results = helpers.parallel(N, function(i)
       local res = i % 2 == 0 and op(full, "credits", { reference = "race-c" .. i, amount = 3000 })
@@ -293,7 +299,7 @@ describe("wallet tier limits", function()
     assert.equals(500000, balance(full).posted)
 
     -- out: transfers, debits and holds racing
-    local src = wallet(cus1)
+    local src = wallet(verified())
     seed(src, 400000)
     results = helpers.parallel(N, function(i)
       local res
@@ -317,7 +323,7 @@ describe("wallet tier limits", function()
   end)
 
   it("racing transfers both ways between two customers' wallets: no deadlock, limits kept", function()
-    local a, b = wallet(cus1), wallet(cus1)
+    local a, b = wallet(verified()), wallet(verified())
     seed(a, 250000)
     seed(b, 250000)
     -- each side sends 12 x 20000 = 240000 and receives as much, in any order between 10000 and
@@ -351,5 +357,31 @@ describe("wallet tier limits", function()
     assert.equals(100000000, balance(p2).posted)
     assert.same({ 0, 0, 0 }, { usage(p2) })
     assert.same({ 0, 0, 0 }, { usage(pw) })
+  end)
+
+  it("a customer has one wallet per currency, so its tier's limits are the customer's", function()
+    local cus = verified()
+    local first = wallet(cus)
+    local again = wx.post(port, "/v1/wallets", ptn.test, { currency = "USD", customer = cus })
+    assert.equals(409, again.status, again.body)
+    assert(openapi.check(again.data, "Error"))
+    assert.equals("resource_already_exists", again.data.error.code)
+    assert.equals("currency", again.data.error.param)
+    assert.matches(first.id, again.data.error.message, 1, true)
+    assert.equals("EUR", wallet(cus, "EUR").currency)      -- another currency is another wallet
+    -- racing creates for a new customer and currency: exactly one wallet is made
+    local other = verified()
+    local out = helpers.concurrently(8, function()
+      return wx.post(port, "/v1/wallets", ptn.test, { currency = "USD", customer = other })
+    end)
+    local made, conflicts = 0, 0
+    for _, r in ipairs(out) do
+      local res = r[1]
+      if res.status == 200 then made = made + 1
+      elseif res.status == 409 and res.data.error.code == "resource_already_exists" then conflicts = conflicts + 1 end
+    end
+    assert.same({ 1, 7 }, { made, conflicts })
+    local n = assert(db:query("SELECT count(*)::int AS n FROM wallets WHERE owner_id = $1", other))[1].n
+    assert.equals(1, n)
   end)
 end)

@@ -73,6 +73,21 @@ local DEFERRED_TRANSFER_INSERT = "INSERT INTO wallet_transfers (id, partner_id, 
   .. "amount, description, ledger_transfer_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8, "
   .. "$9::numeric, to_timestamp($10::float8))"
 
+-- The customer's wallet of an asset (a customer has one per asset): its id, or nil; nil, outcome
+-- when the database failed.
+local function customer_wallet(db, p, customer, asset)
+  local rows = db:query("SELECT id FROM wallets WHERE partner_id = $1 AND mode = $2 AND owner_type = 'customer' "
+    .. "AND owner_id = $3 AND asset = $4", p.partner_id, p.mode, customer, asset)
+  if not rows then return nil, errors.unavailable() end
+  return rows[1] and rows[1].id or nil
+end
+
+local function wallet_exists(customer, asset, id)
+  return errors.new(409, "resource_already_exists", "Customer " .. customer .. " already has a " .. asset
+    .. " wallet" .. (id and (": " .. id) or "") .. "; a customer has one wallet per currency.", "currency",
+    "invalid_request_error")
+end
+
 local TRANSFER_COLUMNS = "id, mode, amount::text AS amount, asset, from_wallet, to_wallet, description, "
   .. "ledger_transfer_id::text AS ledger_transfer_id, extract(epoch FROM created_at)::bigint AS created"
 
@@ -186,6 +201,9 @@ function _M.register(app, deps)
       local ok, cerr = check_customer(db, p, b.customer)
       if not ok then return cerr end
       owner_type, owner_id = "customer", b.customer
+      local had, herr = customer_wallet(db, p, b.customer, b.currency)
+      if herr then return herr end
+      if had then return wallet_exists(b.customer, b.currency, had) end
     end
     local id = ids.new("wal")
     local w = model.with_settlement({ id = id, partner_id = p.partner_id, mode = p.mode, owner_type = owner_type,
@@ -194,7 +212,7 @@ function _M.register(app, deps)
     -- the ledger accounts first: an orphan account (crash before the row) holds nothing
     local ok, lerr = model.create_accounts(deps.ledger, w)
     if not ok then return lerr end
-    return db:tx(function(tx)
+    local status, body, headers = db:tx(function(tx)
       local rows, err = tx:query("INSERT INTO wallets (id, partner_id, mode, owner_type, owner_id, asset, ledger, "
         .. "ledger_account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric) "
         .. "RETURNING extract(epoch FROM created_at)::bigint AS created",
@@ -211,6 +229,12 @@ function _M.register(app, deps)
       if aerr then return nil, aerr end
       return ctx:respond(tx, 200, obj)
     end)
+    -- a racing create for the same customer and asset committed first (the ledger accounts this
+    -- one made stay empty, as after a crash before the row)
+    if status == nil and type(body) == "table" and body.code == "23505" and owner_type == "customer" then
+      return wallet_exists(b.customer, b.currency)
+    end
+    return status, body, headers
   end)
 
   routes:get("/v1/wallets", { scope = "wallets:read", list = "wal" }, function(ctx)
