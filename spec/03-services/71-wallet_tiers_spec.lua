@@ -368,7 +368,19 @@ describe("wallet tier limits", function()
     assert.equals("resource_already_exists", again.data.error.code)
     assert.equals("currency", again.data.error.param)
     assert.matches(first.id, again.data.error.message, 1, true)
-    assert.equals("EUR", wallet(cus, "EUR").currency)      -- another currency is another wallet
+    local eur = wallet(cus, "EUR")                          -- another currency is another wallet
+    -- the list finds a customer's wallets, by currency too
+    local mine = wx.get(port, "/v1/wallets?customer=" .. cus, ptn.test)
+    assert.equals(200, mine.status, mine.body)
+    assert(openapi.check(mine.data, "List"))
+    assert.same({ eur.id, first.id }, { mine.data.data[1].id, mine.data.data[2].id })
+    assert.equals(2, #mine.data.data)
+    local usd = wx.get(port, "/v1/wallets?customer=" .. cus .. "&currency=USD", ptn.test)
+    assert.same({ first.id }, { usd.data.data[1].id, usd.data.data[2] and usd.data.data[2].id })
+    local bad = wx.get(port, "/v1/wallets?customer=ptn_x", ptn.test)
+    assert.equals(400, bad.status)
+    assert.equals("customer", bad.data.error.param)
+    assert.equals("currency", wx.get(port, "/v1/wallets?currency=usd", ptn.test).data.error.param)
     -- racing creates for a new customer and currency: exactly one wallet is made
     local other = verified()
     local out = helpers.concurrently(8, function()

@@ -237,10 +237,26 @@ function _M.register(app, deps)
     return status, body, headers
   end)
 
+  -- ?customer=cus_... (that customer's wallets), ?currency=USD
   routes:get("/v1/wallets", { scope = "wallets:read", list = "wal" }, function(ctx)
-    local p = ctx.principal
+    local p, args = ctx.principal, ctx.req.args
+    local where, qargs = "partner_id = $1 AND mode = $2", { p.partner_id, p.mode }
+    if args.customer ~= nil then
+      if not ids.valid(args.customer, "cus") then
+        return errors.invalid("parameter_invalid", "customer must be a customer id (cus_...), given once.", "customer")
+      end
+      qargs[#qargs + 1] = args.customer
+      where = where .. " AND owner_type = 'customer' AND owner_id = $" .. #qargs
+    end
+    if args.currency ~= nil then
+      if type(args.currency) ~= "string" or not args.currency:find("^%u%u%u%u?%u?$") then
+        return errors.invalid("parameter_invalid", "currency must be a currency code (USD), given once.", "currency")
+      end
+      qargs[#qargs + 1] = args.currency
+      where = where .. " AND asset = $" .. #qargs
+    end
     local res, err = list.fetch(db, { from = "wallets", columns = model.WALLET_COLUMNS,
-      where = "partner_id = $1 AND mode = $2", args = { p.partner_id, p.mode }, url = "/v1/wallets" },
+      where = where, args = qargs, url = "/v1/wallets" },
       ctx.page, function(row) return model.wallet_object(model.with_settlement(row)) end)
     if not res then
       api.log_error("wallets list failed", err)
