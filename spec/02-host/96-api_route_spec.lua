@@ -100,12 +100,16 @@ describe("core", function()
     end
     for _, env in ipairs({ { NUVION_CORE_RATE_PER_S = "0" }, { NUVION_CORE_RATE_BURST = "1000001" },
                            { NUVION_CORE_DB_POOL_MAX = "x" }, { NUVION_CORE_DB_POOL_MAX = "257" },
-                           { NUVION_CORE_IDEMPOTENCY_PURGE_MS = "999" } }) do
+                           { NUVION_CORE_IDEMPOTENCY_PURGE_MS = "999" }, { NUVION_CORE_LEDGER_INFLIGHT = "0" },
+                           { NUVION_CORE_LEDGER_INFLIGHT = "17" }, { NUVION_CORE_LEDGER_BATCH_WAIT_US = "-1" },
+                           { NUVION_CORE_LEDGER_BATCH_WAIT_US = "100001" } }) do
       local name = next(env)
       assert.matches("error " .. name .. " must be an integer from", config_with(env), 1, true)
     end
-    assert.equals("ok rate_per_s=1000000 rate_burst=1", config_with({ NUVION_CORE_RATE_PER_S = "1000000",
-                                                                      NUVION_CORE_RATE_BURST = "1" }))
+    assert.equals("ok rate_per_s=1000000 rate_burst=1 ledger_inflight=1 ledger_batch_wait_us=300",
+                  config_with({ NUVION_CORE_RATE_PER_S = "1000000", NUVION_CORE_RATE_BURST = "1" }))
+    assert.equals("ok rate_per_s=100 rate_burst=200 ledger_inflight=16 ledger_batch_wait_us=0",
+                  config_with({ NUVION_CORE_LEDGER_INFLIGHT = "16", NUVION_CORE_LEDGER_BATCH_WAIT_US = "0" }))
   end)
 
   it("registers its route areas: GET /v1/audit_logs asks for credentials", function()

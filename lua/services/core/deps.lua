@@ -24,6 +24,13 @@ local CONFIG = {
   rate_per_s = { "NUVION_CORE_RATE_PER_S", 100, 1, 1000000 },         -- requests a second per key
   rate_burst = { "NUVION_CORE_RATE_BURST", 200, 1, 1000000 },         -- and in a burst
   idempotency_purge_ms = { "NUVION_CORE_IDEMPOTENCY_PURGE_MS", 300000, 1000, 86400000 },
+  -- The ledger engine of each worker (docs/ledger_api.md: ledger.open's options). Core's calls
+  -- come from a few dozen requests at a time, often on the same wallets: one batch in flight per
+  -- worker, whose first event waits 300 us for others, makes fewer and larger batches that do
+  -- not wait on each other's row locks (bench/core, wallet transfers: +18% req/s, -15% Postgres
+  -- CPU a transfer, p99 31 -> 25 ms, against 2 and 0 in interleaved runs).
+  ledger_inflight = { "NUVION_CORE_LEDGER_INFLIGHT", 1, 1, 16 },              -- batches in flight
+  ledger_batch_wait_us = { "NUVION_CORE_LEDGER_BATCH_WAIT_US", 300, 0, 100000 }, -- a first event waits
 }
 _M.CONFIG = CONFIG
 
@@ -75,7 +82,8 @@ function _M.new()
   return setmetatable(deps, { __index = function(t, k)
     if k == "ledger" then
       if not ledger_url then error("core: LEDGER_DATABASE_URL is not set", 2) end
-      local lg = require("nuvion.ledger").open(ledger_url)
+      local lg = require("nuvion.ledger").open(ledger_url, { inflight = config.ledger_inflight,
+                                                             batch_wait_us = config.ledger_batch_wait_us })
       rawset(t, "ledger", lg)
       return lg
     end
