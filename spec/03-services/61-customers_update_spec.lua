@@ -160,7 +160,9 @@ describe("customers API: PATCH /v1/customers/:id", function()
   end)
 
   it("changes email, phone and address: sealed anew, hashes and lookups follow, an event without PII", function()
-    local old = cf.individual({ email = "Before." .. cf.unique() .. "@Example.com", phone = "+44 7700 900111" })
+    -- a phone no other customer of the spec has (cf.individual draws from 900 numbers)
+    local old_phone = string.format("+44 7%09d", math.random(0, 999999999))
+    local old = cf.individual({ email = "Before." .. cf.unique() .. "@Example.com", phone = old_phone })
     local c = create(a.test, old)
     local email = "after." .. cf.unique() .. "@example.org"
     local addr = { line1 = "9 Rue Nouvelle", line2 = "Bât B", city = "Paris", postal_code = "75011", country = "FR" }
@@ -180,7 +182,7 @@ describe("customers API: PATCH /v1/customers/:id", function()
     assert.same({ c.id }, lookup(a.test, "email", email:upper()))
     assert.same({}, lookup(a.test, "email", old.email))
     assert.same({ c.id }, lookup(a.test, "phone", "+33698765432"))
-    assert.same({}, lookup(a.test, "phone", "+447700900111"))
+    assert.same({}, lookup(a.test, "phone", (old_phone:gsub(" ", ""))))
     -- the raw row: tokens bound to row and field, the documented hashes, no plain text
     local row = raw(c.id)
     local text = json.encode(row)
