@@ -246,6 +246,25 @@ describe("nuvion.ledger.query", function()
       assert.equals(t.hold1, s(b.transfer_id))
     end)
 
+    it("takes off a hold that expired after the last transfer, from its deadline on", function()
+      -- hold4 and hold5 (25 and 5 towards the wallet, 1 s each) come after the last row that moved
+      -- the wallet's posted money; hold5 expired (no row), hold4 is still pending
+      local due = f:q("SELECT expires_at::text AS e FROM ledger_holds WHERE id = $1::numeric", t.hold5)[1].e
+      local before = f:q("SELECT ($1::bigint - 1)::text AS t", due)[1].t
+      local b = assert(query.balance_at(db, wallet, before))
+      assert.equals(30, b.credits_pending)
+      assert.equals(40, b.debits_pending)
+      b = assert(query.balance_at(db, wallet, due))
+      assert.equals(25, b.credits_pending)             -- hold5's 5 released at its deadline
+      assert.equals(40, b.debits_pending)              -- hold3 has no deadline: pending still
+      assert.equals(t.hold5, s(b.transfer_id))         -- still the last row's transfer
+      assert.equals(1000 - 250, b.posted)
+      assert.equals(1000 - 250 + 25 - 40, b.pending)   -- credit-normal: posted + pending in - out
+      -- as the account itself says once hold5 is gone
+      local acct = assert(query.lookup_accounts(db, { wallet }))[1]
+      assert.same({ acct.debits_pending, acct.credits_pending }, { b.debits_pending, b.credits_pending })
+    end)
+
     it("is all zero before the first transfer", function()
       local b = assert(query.balance_at(db, wallet, "1"))
       assert.same({ 0, 0, 0, 0, 0, 0, 0 }, { b.debits_pending, b.debits_posted, b.credits_pending,

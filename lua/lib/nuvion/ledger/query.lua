@@ -335,16 +335,27 @@ function _M.history(db, id, opts)
   return { data = data, has_more = has_more }
 end
 
+-- The counters after the account's last row at or before $2, less the holds that expired
+-- after that row and by $2 (an expiry writes no row; sql/ledger/0002_holds_by_account.sql).
 local SQL_BALANCE_AT = {}
 for normal in pairs(BALANCES_SQL) do
-  SQL_BALANCE_AT[normal] = "SELECT b.timestamp, b.transfer_id, b.debits_pending, b.debits_posted, "
-    .. "b.credits_pending, b.credits_posted, " .. balances_sql(normal, "b.")
-    .. " FROM ledger_account_balances b WHERE b.account_id = $1::numeric AND b.timestamp <= $2::bigint"
-    .. " ORDER BY b.timestamp DESC LIMIT 1"
+  SQL_BALANCE_AT[normal] = "WITH b AS (SELECT timestamp, transfer_id, debits_pending, debits_posted, "
+    .. "credits_pending, credits_posted FROM ledger_account_balances WHERE account_id = $1::numeric "
+    .. "AND timestamp <= $2::bigint ORDER BY timestamp DESC LIMIT 1), "
+    .. "e AS (SELECT coalesce(sum(t.amount) FILTER (WHERE h.debit_account_id = $1::numeric), 0) AS dp, "
+    .. "coalesce(sum(t.amount) FILTER (WHERE h.credit_account_id = $1::numeric), 0) AS cp "
+    .. "FROM b, ledger_holds h JOIN ledger_transfers t ON t.id = h.id "
+    .. "WHERE (h.debit_account_id = $1::numeric OR h.credit_account_id = $1::numeric) AND h.status = 4 "
+    .. "AND h.expires_at > b.timestamp AND h.expires_at <= $2::bigint) "
+    .. "SELECT x.*, " .. balances_sql(normal, "x.") .. " FROM (SELECT b.timestamp, b.transfer_id, "
+    .. "b.debits_pending - e.dp AS debits_pending, b.debits_posted, b.credits_pending - e.cp AS credits_pending, "
+    .. "b.credits_posted FROM b, e) x"
 end
 
--- balance_at(db, id, ts_ns [, { normal }]) -> the counters and balances after the last transfer
--- at or before ts_ns (all zero before the first one), with that transfer's id and timestamp.
+-- balance_at(db, id, ts_ns [, { normal }]) -> the counters and balances at ts_ns: after the last
+-- transfer at or before it (all zero before the first one), with that transfer's id and
+-- timestamp, less the holds that had expired by ts_ns since (their deadline passed and the
+-- ledger expired them: a due hold not yet swept, at most the sweep's interval, still counts).
 function _M.balance_at(db, id, ts_ns, opts)
   local ok, oerr = check_opts(opts)
   if not ok then return nil, oerr end
