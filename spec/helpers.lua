@@ -263,4 +263,31 @@ function _M.concurrently(n, fn, timeout_ms)
   return out
 end
 
+-- Whether something listens on 127.0.0.1:port.
+function _M.port_open(port)
+  local s = socket.tcp()
+  s:settimeout(200)
+  local ok = s:connect("127.0.0.1", port)
+  s:close()
+  return ok
+end
+
+-- LuaJIT's math.random starts the same in every process: every spec run on the machine (other
+-- checkouts' too) would try the same ports in the same order.
+local port_random_seeded = false
+
+-- A loopback port nothing listens on, below the kernel's ephemeral range (32768..): a port an
+-- outgoing connection holds there looks free to a connect() but makes a server's bind fail.
+function _M.free_port()
+  if not port_random_seeded then
+    math.randomseed(tonumber(nuvion.random_hex(4), 16))
+    port_random_seeded = true
+  end
+  for _ = 1, 100 do
+    local port = 20000 + math.random(0, 12000)
+    if not _M.port_open(port) then return port end
+  end
+  error("no free port")
+end
+
 return _M

@@ -5,7 +5,6 @@
 local redis = require "nuvion.redis"
 local nuvion = require "nuvion"
 local process = require "nuvion.process"
-local socket = require "nuvion.socket"
 local helpers = require "spec.helpers"
 
 local URL = os.getenv("NUVION_TEST_REDIS_URL")
@@ -17,27 +16,9 @@ local function run(argv)
   assert(how == "exit" and code == 0, "command failed: " .. table.concat(argv, " "))
 end
 
-local function port_open(port)
-  local s = socket.tcp()
-  s:settimeout(200)
-  local ok = s:connect("127.0.0.1", port)
-  s:close()
-  return ok
-end
+local port_open, free_port = helpers.port_open, helpers.free_port
 
--- Below the kernel's ephemeral range (32768..): a port an outgoing connection holds looks free
--- to a connect() but makes redis-server's bind fail.
--- LuaJIT's math.random starts the same in every process: every run of this spec on the machine
--- (other checkouts' test runs too) would try the same ports in the same order.
-math.randomseed(tonumber(nuvion.random_hex(4), 16))
 
-local function free_port()
-  for _ = 1, 100 do
-    local port = 20000 + math.random(0, 12000)
-    if not port_open(port) then return port end
-  end
-  error("no free port")
-end
 
 -- A redis-server of this spec on `port` (a free one when nil); extra: more arguments.
 local start_redis_on

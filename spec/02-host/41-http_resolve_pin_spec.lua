@@ -4,7 +4,6 @@ local helpers = require "spec.helpers"
 local nuvion = require "nuvion"
 local http = require "nuvion.http"
 local json = require "nuvion.json"
-local socket = require "nuvion.socket"
 local process = require "nuvion.process"
 
 local TMP = "/tmp/nuvion-http-pin-spec-" .. nuvion.context().pid
@@ -21,13 +20,7 @@ local function run(argv)
   assert(how == "exit" and code == 0, table.concat(argv, " ") .. " failed: " .. table.concat(out))
 end
 
-local function port_open(port)
-  local s = socket.tcp()
-  s:settimeout(200)
-  local ok = s:connect("127.0.0.1", port)
-  s:close()
-  return ok
-end
+local port_open = helpers.port_open
 
 describe("nuvion.http resolve and pin", function()
   local srv

@@ -12,31 +12,13 @@ local ids = require "nuvion.api.ids"
 local json = require "nuvion.json"
 local crypto = require "nuvion.crypto"
 local nuvion = require "nuvion"
-local socket = require "nuvion.socket"
 
--- LuaJIT's math.random starts the same in every process: seeded, so that two runs on the
--- machine do not try the same ports in the same order.
-math.randomseed(tonumber(nuvion.random_hex(4), 16))
 
 local PATH = "/v1/providers/kyc/events"
 local LONG_POLL_MS = "600000"
 
-local function port_open(port)
-  local s = socket.tcp()
-  s:settimeout(200)
-  local ok = s:connect("127.0.0.1", port)
-  s:close()
-  return ok
-end
+local free_port = helpers.free_port
 
--- Below the kernel's ephemeral range (32768..).
-local function free_port()
-  for _ = 1, 100 do
-    local port = 20000 + math.random(0, 12000)
-    if not port_open(port) then return port end
-  end
-  error("no free port")
-end
 
 local function start_sim(env)
   local e = { REDIS_URL = assert(os.getenv("NUVION_TEST_REDIS_URL")), KYC_SIM_PROCESSING_MS = "100",
